@@ -1,0 +1,33 @@
+"""Method registry: ``method.name`` in a recipe -> (config dataclass, method class, description)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ConfigError, from_dict, unknown_key_error
+from ..models.base import DiffusionModel
+from .base import Method
+from .teacher import Teacher, TeacherConfig
+
+METHODS: dict[str, tuple[type, type[Method], str]] = {
+    "teacher": (TeacherConfig, Teacher, "plain denoising / flow-matching training (builds teachers)"),
+}
+
+
+def method_config(spec: dict[str, Any], path: str = "method") -> tuple[str, Any]:
+    """Validate a ``{name: ..., **fields}`` method section; returns (name, config dataclass)."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{path} needs a `name`: one of {', '.join(METHODS)}")
+    if spec["name"] not in METHODS:
+        raise unknown_key_error(path, f"name={spec['name']}", [f"name={k}" for k in METHODS])
+    return spec["name"], from_dict(METHODS[spec["name"]][0], {k: v for k, v in spec.items() if k != "name"}, path)
+
+
+def method_groups(spec: dict[str, Any]) -> tuple[str, ...]:
+    """The parameter groups a method trains (known before any model is built)."""
+    return METHODS[method_config(spec)[0]][1].groups
+
+
+def build_method(spec: dict[str, Any], model: DiffusionModel, num_classes: int) -> Method:
+    name, cfg = method_config(spec)
+    return METHODS[name][1](cfg, model, num_classes)

@@ -1,0 +1,182 @@
+"""Command line: ``diffdistill train | sample | ls | validate``.
+
+    diffdistill train recipes/toy/teacher_gmm2d.yaml trainer.max_steps=200     # key=value overrides
+    diffdistill sample runs/toy-teacher --steps 4                              # a run dir or an export dir
+    diffdistill validate recipes/toy/teacher_gmm2d.yaml
+    diffdistill ls
+
+Multi-GPU: ``accelerate launch -m diffdistill.cli train RECIPE`` (accelerate's own launcher and config files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .config import ConfigError, dump_yaml, from_dict, load_yaml
+from .models.base import Cond, guided
+from .models.registry import MODEL_KINDS, build_model, count_parameters, load_model, read_export_meta
+from .recipe import resolve
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffdistill", description="Few-step distillation of diffusion and flow models.")
+    sub = p.add_subparsers(dest="command")
+
+    t = sub.add_parser("train", help="train a recipe (resumes from the newest checkpoint in its output_dir)")
+    t.add_argument("recipe")
+    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.max_steps=100")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="sample an exported model (a run dir or its export/ dir)")
+    s.add_argument("checkpoint")
+    s.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own setting)")
+    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--guidance", type=float, default=None, help="standard-form CFG scale (1 = none)")
+    s.add_argument("--sampler", choices=["ode", "few_step"], default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="PNG path (default: <checkpoint>/samples-<steps>.png)")
+    s.set_defaults(func=cmd_sample)
+
+    v = sub.add_parser("validate", help="check a recipe and print its resolved config")
+    v.add_argument("recipe")
+    v.add_argument("overrides", nargs="*")
+    v.set_defaults(func=cmd_validate)
+
+    ls = sub.add_parser("ls", help="list shipped recipes, methods, models and datasets")
+    ls.set_defaults(func=cmd_ls)
+    return p
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    _, resolved = resolve(args.recipe, args.overrides)
+    print(json.dumps(resolved, indent=2))
+    print(f"OK: {args.recipe} is valid", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import latest_checkpoint
+    from .data import build_stream, data_config
+    from .methods import build_method, method_groups
+    from .recipe import check_resume_compatible
+    from .trainer import NonFiniteLossError, fit, make_accelerator, validate_trainer_config
+
+    run, resolved = resolve(args.recipe, args.overrides)
+    run_dir = Path(run.output_dir)
+    validate_trainer_config(run.trainer, method_groups(run.method))
+    if latest_checkpoint(run_dir) is not None and (run_dir / "config.yaml").is_file():
+        check_resume_compatible(load_yaml(run_dir / "config.yaml"), resolved)
+    accelerator = make_accelerator(run.trainer, run_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(resolved, run_dir / "config.yaml")
+    model = build_model(run.model)
+    _, data_cfg = data_config(run.data)
+    method = build_method(run.method, model, data_cfg.num_classes)
+    data = build_stream(run.data, run.trainer.batch_size, run.trainer.seed, accelerator.process_index)
+    accelerator.print(f"{type(method).__name__} on {run.model['kind']} ({count_parameters(model):,} parameters), "
+                      f"{run.trainer.max_steps} steps -> {run_dir}")
+    started = time.perf_counter()
+    try:
+        result = fit(method, data, run.trainer, run_dir, accelerator, resolved)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    accelerator.print(f"done: step {result.step} in {time.perf_counter() - started:.1f} s; exported to "
+                      f"{result.export_dir}; samples in {run_dir / 'samples'}")
+    return 0
+
+
+def _export_dir(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist; pass a run directory (with export/) or an "
+                                "export directory written by `diffdistill train`")
+    return p / "export" if (p / "export").is_dir() else p
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .metrics.distribution import toy_report
+    from .sampling import few_step_sample, ode_sample
+    from .visual import save_samples
+
+    directory = _export_dir(args.checkpoint)
+    meta = read_export_meta(directory)
+    info = meta.get("sampling", {})
+    model = load_model(directory).eval()
+    steps = args.steps or info.get("steps", 50)
+    sampler = args.sampler or info.get("sampler", "ode")
+    guidance = args.guidance if args.guidance is not None else info.get("guidance", 1.0)
+    if steps <= 0 or args.n <= 0:
+        raise ValueError(f"--steps and --n must be > 0, got steps={steps}, n={args.n}")
+    gen = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn(args.n, *model.data_shape, generator=gen)
+    num_classes = info.get("num_classes", 0)
+    cond = Cond(labels=torch.arange(args.n) % num_classes) if num_classes else None
+    net = guided(model, guidance) if cond is not None else model
+    times = info.get("times") if sampler == "few_step" and args.steps is None else None
+    ts = times or model.schedule.step_grid(steps, info.get("spacing", "trailing"))
+    started = time.perf_counter()
+    with torch.no_grad():
+        samples = (ode_sample(net, noise, ts, cond) if sampler == "ode"
+                   else few_step_sample(net, noise, ts, cond, generator=gen))
+    seconds = time.perf_counter() - started
+    out = Path(args.out) if args.out else directory / f"samples-{sampler}-{steps}.png"
+    save_samples(samples, out, title=f"{sampler}, {steps} steps")
+    report = {"samples": args.n, "steps": steps, "sampler": sampler, "guidance": guidance,
+              "seconds": round(seconds, 4), "png": str(out)}
+    data = meta.get("run_config", {}).get("data", {})
+    if data.get("name") == "toy_gmm":
+        from .data import ToyDataConfig
+        report.update(toy_report(samples, from_dict(ToyDataConfig, {k: v for k, v in data.items() if k != "name"}).mixture))
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _recipe_roots() -> list[Path]:
+    roots = [Path.cwd() / "recipes", Path(__file__).resolve().parents[1] / "recipes"]
+    return list(dict.fromkeys(r for r in roots if r.is_dir()))
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from .data import DATASETS
+    from .methods import METHODS
+
+    print("recipes:")
+    for root in _recipe_roots():
+        for path in sorted(root.rglob("*.yaml")):
+            first = path.read_text().splitlines()[:1]
+            print(f"  {path.relative_to(root.parent)}  {first[0].lstrip('# ') if first else ''}")
+    print("methods:")
+    for name, (_, _, about) in METHODS.items():
+        print(f"  {name}: {about}")
+    print("models: " + ", ".join(MODEL_KINDS))
+    print("datasets: " + ", ".join(DATASETS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Plain diffusion / flow-matching training: how the benchmark teachers are built (DDPM, Ho et al. 2020;
+rectified flow, Liu et al. 2023). The loss is the MSE to the target of the network's native parameterisation
+(eps, v, x0 or flow), so SD-style eps-prediction UNets and Wan-style flow transformers train the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..data import Batch
+from ..models.base import NULL_LABEL, Cond, DiffusionModel, guided
+from ..sampling import ode_sample
+from .base import Method
+
+
+@dataclass
+class TeacherConfig:
+    """Denoising / flow-matching training of one network."""
+
+    t_sampler: Literal["uniform", "logit_normal"] = "uniform"
+    t_min: float = 0.0
+    t_max: float = 1.0
+    shifted: bool = False             # draw t through the schedule's time shift (flow models trained with a shift)
+    cond_dropout: float = 0.1         # share of labels replaced by the null label, so CFG works at sampling time
+    preview_steps: int = 50           # ODE steps for preview samples
+    preview_guidance: float = 1.0     # standard-form CFG scale for previews (1 = no guidance)
+    preview_spacing: Literal["leading", "trailing", "linspace"] = "trailing"
+
+
+class Teacher(Method):
+    groups = ("model",)
+
+    def __init__(self, cfg: TeacherConfig, model: DiffusionModel, num_classes: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= cfg.cond_dropout <= 1.0:
+            raise ValueError(f"method.cond_dropout must lie in [0, 1], got {cfg.cond_dropout}")
+        self.cfg, self.model, self.num_classes = cfg, model, num_classes
+        self.schedule = model.schedule
+
+    def loss(self, phase: str, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        x0, cond = batch.x0, self._dropout(batch.cond)
+        t = self.schedule.sample_t(x0.shape[0], sampler=self.cfg.t_sampler, t_min=self.cfg.t_min,
+                                   t_max=self.cfg.t_max, shifted=self.cfg.shifted, device=x0.device)
+        eps = torch.randn_like(x0)
+        x_t = self.schedule.add_noise(x0, eps, t)
+        pred = self.model(x_t, t, cond)
+        target = self.schedule.target(pred.kind, x0, eps, t)
+        loss = torch.nn.functional.mse_loss(pred.native.float(), target.float())
+        return loss, {"model/denoise": loss.detach()}
+
+    def _dropout(self, cond: Cond) -> Cond:
+        if cond.labels is None or self.cfg.cond_dropout == 0:
+            return cond
+        drop = torch.rand(cond.labels.shape, device=cond.labels.device) < self.cfg.cond_dropout
+        return Cond(**{**cond.__dict__, "labels": torch.where(drop, NULL_LABEL, cond.labels)})
+
+    @torch.no_grad()
+    def preview(self, n: int, seed: int = 0) -> Tensor:
+        model = self.export_model()
+        gen = torch.Generator().manual_seed(seed)
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        noise = torch.randn(n, *model.data_shape, generator=gen).to(device)
+        cond = Cond(labels=(torch.arange(n) % self.num_classes).to(device)) if self.num_classes else None
+        sampler = guided(model, self.cfg.preview_guidance) if cond is not None else model
+        ts = self.schedule.step_grid(self.cfg.preview_steps, self.cfg.preview_spacing)
+        return ode_sample(sampler, noise, ts, cond)
+
+    def export_model(self) -> DiffusionModel:
+        return self.role("model")
+
+    def sampling_info(self) -> dict:
+        return {"sampler": "ode", "steps": self.cfg.preview_steps, "spacing": self.cfg.preview_spacing,
+                "guidance": self.cfg.preview_guidance, "num_classes": self.num_classes}

@@ -1,0 +1,99 @@
+"""Model registry: ``kind`` name -> (config dataclass, wrapper class); build, export and reload wrapped models.
+
+An exported model is a folder holding ``diffdistill.json`` (the model's config plus whatever the caller adds, e.g.
+the resolved run config and the sampling schedule) and its weights: ``model.safetensors`` for our own networks, or
+the diffusers layout (``unet/``, ``transformer/``, ``scheduler/``) written by the adapter so that diffusers can load
+it directly. Weights are only ever read through safetensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import ConfigError, from_dict, to_dict, unknown_key_error
+from .base import DiffusionModel
+
+# kind -> (module, config class, wrapper class). Modules are imported on use, so diffusers stays lazy.
+MODEL_KINDS: dict[str, tuple[str, str, str]] = {
+    "toy_gmm": ("diffdistill.models.toy", "MixtureConfig", "GaussianMixture"),
+    "mlp": ("diffdistill.models.toy", "MLPConfig", "MLPDenoiser"),
+    "unet": ("diffdistill.models.diffusers", "UNetConfig", "DiffusersUNet"),
+    "wan": ("diffdistill.models.diffusers", "WanConfig", "DiffusersWan"),
+}
+EXPORT_META = "diffdistill.json"
+WEIGHTS = "model.safetensors"
+
+
+def _entry(kind: str, path: str) -> tuple[type, type]:
+    if kind not in MODEL_KINDS:
+        raise unknown_key_error(path, f"kind={kind}", [f"kind={k}" for k in MODEL_KINDS])
+    module, cfg_name, cls_name = MODEL_KINDS[kind]
+    mod = importlib.import_module(module)
+    return getattr(mod, cfg_name), getattr(mod, cls_name)
+
+
+def model_config(spec: dict[str, Any], path: str = "model") -> tuple[str, Any]:
+    """Validate a ``{kind: ..., **fields}`` mapping; returns (kind, config dataclass)."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ConfigError(f"{path} needs a `kind`: one of {', '.join(MODEL_KINDS)}")
+    kind = spec["kind"]
+    cfg_cls, _ = _entry(kind, path)
+    return kind, from_dict(cfg_cls, {k: v for k, v in spec.items() if k != "kind"}, path)
+
+
+def build_model(spec: dict[str, Any], path: str = "model") -> DiffusionModel:
+    """Build (or load, for adapters with ``pretrained``) the wrapped model a recipe section describes."""
+    kind, cfg = model_config(spec, path)
+    _, cls = _entry(kind, path)
+    return cls(cfg)
+
+
+def save_model(model: DiffusionModel, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Export ``model`` to ``directory`` (weights + ``diffdistill.json`` with its config and ``extra``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = getattr(model, "save_pretrained", None)
+    if writer is not None:
+        writer(directory)
+    else:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, directory / WEIGHTS, metadata={"diffdistill": json.dumps(model.export_config())})
+    meta = {"format": 1, "model": to_dict(model.export_config()), **(extra or {})}
+    (directory / EXPORT_META).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def read_export_meta(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    meta_path = directory / EXPORT_META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{str(directory)!r} is not an exported diffdistill model (no {EXPORT_META}); pass the "
+                                "`export/` folder of a run or a folder written by `save_model`")
+    return json.loads(meta_path.read_text())
+
+
+def load_model(directory: str | Path) -> DiffusionModel:
+    """Rebuild an exported model from its folder (the inverse of :func:`save_model`)."""
+    directory = Path(directory)
+    spec = dict(read_export_meta(directory)["model"])
+    cfg_cls, cls = _entry(spec["kind"], "model")
+    if "pretrained" in {f.name for f in fields(cfg_cls)}:    # adapters load their diffusers folders from here
+        spec.update(pretrained=str(directory), config=None)
+    model = build_model(spec)
+    if (directory / WEIGHTS).is_file():
+        missing, unexpected = model.load_state_dict(load_file(directory / WEIGHTS), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"weights in {directory / WEIGHTS} do not fit {spec['kind']}: missing {missing}, "
+                             f"unexpected {unexpected}")
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,257 @@
+"""The one training loop, on accelerate: every method trains through :func:`fit`.
+
+Per step the method names its phases (e.g. ``("student", "critic")`` or ``("critic",)``). Each phase runs
+``grad_accum`` micro-batches, then steps only that phase's optimizer. Accumulation therefore happens inside a
+phase, so a two time-scale ratio (DMD2 sec. 4.2: 5 critic updates per student update) is the same whatever the
+accumulation. Gradients of every group are cleared before each phase, so a phase's backward through another
+role (e.g. a GAN term through the critic) never leaks into that role's next update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .data import DataStream
+from .methods.base import Method
+from .models.registry import save_model
+from .visual import save_samples
+
+FAULT_ENV = "DIFFDISTILL_FAULT_AT_STEP"   # test hook: SIGKILL the run right after this step (simulates a crash)
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW for one parameter group (DMD2 and Self-Forcing use betas (0, 0.999) for the critic)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 0             # linear warm-up of this group's lr over its first optimizer steps
+
+
+@dataclass
+class TrainerConfig:
+    """The loop's settings. ``optimizers`` maps each of the method's parameter groups to its optimizer."""
+
+    max_steps: int = 1000
+    batch_size: int = 64              # per process and micro-batch
+    grad_accum: int = 1               # micro-batches per optimizer step, within each phase
+    optimizers: dict[str, OptimizerConfig] = field(default_factory=dict)
+    clip_grad_norm: float | None = 1.0
+    ema_decay: float | None = None    # EMA of `ema_group` (exported instead of the raw weights when set)
+    ema_group: str | None = None      # default: the method's first group
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0                     # per-rank seed = seed + rank
+    log_every: int = 10
+    sample_every: int = 0             # 0 = preview only at the end
+    preview_count: int = 64
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_with: list[str] = field(default_factory=list)   # accelerate trackers: tensorboard, wandb (if installed)
+    cpu: bool = False                 # force the CPU even when a GPU is present
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; nothing was stepped, the last complete checkpoint is intact."""
+
+
+@dataclass
+class FitResult:
+    step: int
+    run_dir: Path
+    export_dir: Path
+    last_logs: dict[str, float]
+
+
+def validate_trainer_config(cfg: TrainerConfig, groups: tuple[str, ...]) -> None:
+    """Check the numbers and the optimizer groups against the method before anything runs."""
+    for name in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "preview_count"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"trainer.{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.sample_every < 0:
+        raise ValueError(f"trainer.sample_every must be >= 0, got {cfg.sample_every}")
+    unknown = sorted(set(cfg.optimizers) - set(groups))
+    if unknown:
+        raise ValueError(f"trainer.optimizers names unknown group(s) {unknown}; this method trains {list(groups)}")
+    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
+        raise ValueError(f"trainer.ema_decay must lie in (0, 1), got {cfg.ema_decay}")
+    if cfg.ema_group is not None and cfg.ema_group not in groups:
+        raise ValueError(f"trainer.ema_group {cfg.ema_group!r} is not one of {list(groups)}")
+
+
+def make_accelerator(cfg: TrainerConfig, run_dir: Path) -> Accelerator:
+    trackers = [t for t in cfg.log_with if t]
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu, log_with=trackers or None,
+                       project_dir=str(run_dir))
+
+
+def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Path, accelerator: Accelerator,
+        run_config: dict[str, Any] | None = None) -> FitResult:
+    """Train ``method`` on ``data`` until ``cfg.max_steps``, resuming from the newest checkpoint in ``run_dir``."""
+    run_dir = Path(run_dir)
+    validate_trainer_config(cfg, method.groups)
+    set_seed(cfg.seed + accelerator.process_index)
+    method.to(accelerator.device)
+
+    groups = list(method.groups)
+    optimizers = {g: _optimizer(method.param_groups()[g], cfg.optimizers.get(g, OptimizerConfig()), g) for g in groups}
+    schedulers = {g: _warmup(optimizers[g], cfg.optimizers.get(g, OptimizerConfig()).warmup_steps) for g in groups}
+    for g in groups:   # one prepare per role: DDP/FSDP wrapping stays accelerate's job
+        module, optimizers[g], schedulers[g] = accelerator.prepare(method.trainable()[g], optimizers[g], schedulers[g])
+        method.attach(g, module)
+    ema_group = cfg.ema_group or groups[0]
+    ema = _make_ema(method.role(ema_group), cfg.ema_decay)
+
+    state: dict[str, Any] = {"step": 0, "data_position": 0}
+    resume = latest_checkpoint(run_dir)
+    if resume is not None:
+        state = load_checkpoint(accelerator, resume, ema)
+        data.position = state["data_position"]
+        accelerator.print(f"resumed from {resume} at step {state['step']}")
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if accelerator.log_with:
+            accelerator.init_trackers(run_dir.name, config=run_config or {})
+
+    step, logs = state["step"], {}
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    started = time.perf_counter()
+    while step < cfg.max_steps:
+        logs = {}
+        for phase in method.phases(step):
+            logs.update(_run_phase(method, phase, data, step, cfg, accelerator, optimizers, schedulers, run_dir))
+            if ema is not None and phase == ema_group:
+                ema.update_parameters(method.role(ema_group))
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            logs = _log(accelerator, logs, step, run_dir, time.perf_counter() - started)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k != "step"})
+        if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
+            _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png")
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            state = {"step": step, "data_position": data.position, "logs": logs}
+            save_checkpoint(accelerator, run_dir, state, ema, cfg.keep_checkpoints)
+        if os.environ.get(FAULT_ENV) == str(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+
+    export_dir = run_dir / "export"
+    if accelerator.is_main_process:
+        _preview(method, ema, ema_group, cfg, run_dir / "samples" / "final.png")
+        save_model(_export(method, ema, ema_group), export_dir,
+                   {"run_config": run_config or {}, "sampling": method.sampling_info(), "trained_steps": step})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return FitResult(step, run_dir, export_dir, logs)
+
+
+def _optimizer(params: list[nn.Parameter], ocfg: OptimizerConfig, group: str) -> torch.optim.Optimizer:
+    if not params:
+        raise ValueError(f"parameter group {group!r} has no trainable parameters")
+    return torch.optim.AdamW(params, lr=ocfg.lr, betas=ocfg.betas, weight_decay=ocfg.weight_decay, eps=ocfg.eps)
+
+
+def _warmup(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / steps) if steps > 0 else 1.0)
+
+
+def _make_ema(module: nn.Module, decay: float | None) -> AveragedModel | None:
+    if decay is None:
+        return None
+    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _run_phase(method: Method, phase: str, data: DataStream, step: int, cfg: TrainerConfig,
+               accelerator: Accelerator, optimizers: dict, schedulers: dict, run_dir: Path) -> dict[str, float]:
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    module = method.trainable()[phase]
+    totals: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        batch = data.next().to(accelerator.device)
+        sync = accelerator.no_sync(module) if micro < cfg.grad_accum - 1 else _null()
+        with sync, accelerator.autocast():
+            loss, logs = method.loss(phase, batch, step)
+        _check_finite(accelerator, loss, phase, step, run_dir)
+        with sync:
+            accelerator.backward(loss / cfg.grad_accum)
+        for key, value in logs.items():
+            totals[key] = totals.get(key, 0.0) + float(value) / cfg.grad_accum
+    if cfg.clip_grad_norm:
+        norm = accelerator.clip_grad_norm_(method.param_groups()[phase], cfg.clip_grad_norm)
+        totals[f"{phase}/grad_norm"] = float(norm)
+    optimizers[phase].step()
+    schedulers[phase].step()
+    totals[f"{phase}/lr"] = schedulers[phase].get_last_lr()[0]
+    return totals
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _check_finite(accelerator: Accelerator, loss: torch.Tensor, phase: str, step: int, run_dir: Path) -> None:
+    # All ranks must agree, or one rank would stop while the others wait in the next collective.
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=accelerator.device)
+    if float(accelerator.reduce(bad, reduction="sum")) > 0:
+        last = latest_checkpoint(run_dir)
+        raise NonFiniteLossError(
+            f"the {phase} loss is {loss.item()} at step {step}; no parameters were updated. The last good checkpoint "
+            f"is {last or 'none (no checkpoint written yet)'}; rerunning resumes from it. Lower the learning rate, "
+            "enable clipping (trainer.clip_grad_norm) or check the data for NaNs.")
+
+
+def _log(accelerator: Accelerator, logs: dict[str, float], step: int, run_dir: Path, elapsed: float) -> dict:
+    logs = {k: float(v) for k, v in logs.items()}
+    row = {"step": step, "time_s": round(elapsed, 3), **logs}
+    if accelerator.is_main_process:
+        with open(run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if accelerator.log_with:
+            accelerator.log(logs, step=step)
+    return logs
+
+
+def _export(method: Method, ema: AveragedModel | None, ema_group: str):
+    model = method.export_model()
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
+    return model
+
+
+def _preview(method: Method, ema: AveragedModel | None, ema_group: str, cfg: TrainerConfig, path: Path) -> None:
+    """Sample with the EMA weights when there are any (swapped in for the call, then restored)."""
+    role = method.role(ema_group)
+    backup = None
+    if ema is not None:
+        backup = {k: v.detach().clone() for k, v in role.state_dict().items()}
+        role.load_state_dict(ema.module.state_dict())
+    try:
+        samples = method.preview(cfg.preview_count)
+        save_samples(samples, path, title=path.stem)
+    finally:
+        if backup is not None:
+            role.load_state_dict(backup)
+    if not math.isfinite(float(samples.float().abs().mean())):
+        raise NonFiniteLossError(f"preview samples at {path.name} are not finite")

@@ -1,0 +1,58 @@
+"""Pictures people would rather look at than read: sample grids and 2-D scatter plots (matplotlib, PIL)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def save_samples(samples: Tensor, path: str | Path, title: str = "") -> Path:
+    """Write samples as a PNG: points [B, 2] -> scatter plot; images [B, C, H, W] in [-1, 1] -> grid;
+    video [B, T, C, H, W] -> one row of frames per sample."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = samples.detach().float().cpu()
+    if samples.dim() == 2 and samples.shape[1] == 2:
+        return _scatter(samples, path, title)
+    if samples.dim() == 5:
+        b, t = samples.shape[:2]
+        return _grid(samples.reshape(b * t, *samples.shape[2:]), path, columns=t)
+    if samples.dim() == 4:
+        return _grid(samples, path, columns=math.ceil(math.sqrt(samples.shape[0])))
+    raise ValueError(f"cannot draw samples of shape {list(samples.shape)}; expected [B, 2], [B, C, H, W] or "
+                     "[B, T, C, H, W]")
+
+
+def _scatter(points: Tensor, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _grid(images: Tensor, path: Path, columns: int) -> Path:
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    if c not in (1, 3):
+        images, c = images[:, :3] if c > 3 else images[:, :1], 3 if c > 3 else 1
+    rows = math.ceil(n / columns)
+    canvas = torch.zeros(c, rows * (h + 2), columns * (w + 2))
+    for i in range(n):
+        r, col = divmod(i, columns)
+        canvas[:, r * (h + 2) + 1: r * (h + 2) + 1 + h, col * (w + 2) + 1: col * (w + 2) + 1 + w] = images[i]
+    pixels = ((canvas.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
+    return path
