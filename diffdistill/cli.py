@@ -77,6 +77,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from accelerate.utils import set_seed
+
     from .checkpoint import latest_checkpoint
     from .data import build_stream, data_config
     from .methods import build_method, method_groups
@@ -92,6 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(resolved, run_dir / "config.yaml")
+    set_seed(run.trainer.seed)      # the same initial weights on every rank and in every rerun of this recipe
     model = build_model(run.model)
     _, data_cfg = data_config(run.data)
     method = build_method(run.method, model, data_cfg.num_classes)

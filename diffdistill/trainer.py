@@ -1,5 +1,8 @@
 """The one training loop, on accelerate: every method trains through :func:`fit`.
 
+Steps are counted from 1 in logs, checkpoints and messages (``step-000010`` holds the state after 10 steps); the
+method's ``phases(step)`` and ``loss(..., step)`` get the 0-based index of the step being taken.
+
 Per step the method names its phases (e.g. ``("student", "critic")`` or ``("critic",)``). Each phase runs
 ``grad_accum`` micro-batches, then steps only that phase's optimizer. Accumulation therefore happens inside a
 phase, so a two time-scale ratio (DMD2 sec. 4.2: 5 critic updates per student update) is the same whatever the
@@ -9,6 +12,7 @@ role (e.g. a GAN term through the critic) never leaks into that role's next upda
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -186,11 +190,12 @@ def _run_phase(method: Method, phase: str, data: DataStream, step: int, cfg: Tra
     totals: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
         batch = data.next().to(accelerator.device)
-        sync = accelerator.no_sync(module) if micro < cfg.grad_accum - 1 else _null()
-        with sync, accelerator.autocast():
-            loss, logs = method.loss(phase, batch, step)
-        _check_finite(accelerator, loss, phase, step, run_dir)
+        # Skip the DDP gradient all-reduce on all but the last micro-batch of the phase.
+        sync = accelerator.no_sync(module) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
         with sync:
+            with accelerator.autocast():
+                loss, logs = method.loss(phase, batch, step)
+            _check_finite(accelerator, loss, phase, step, run_dir)
             accelerator.backward(loss / cfg.grad_accum)
         for key, value in logs.items():
             totals[key] = totals.get(key, 0.0) + float(value) / cfg.grad_accum
@@ -203,21 +208,13 @@ def _run_phase(method: Method, phase: str, data: DataStream, step: int, cfg: Tra
     return totals
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _check_finite(accelerator: Accelerator, loss: torch.Tensor, phase: str, step: int, run_dir: Path) -> None:
     # All ranks must agree, or one rank would stop while the others wait in the next collective.
     bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=accelerator.device)
     if float(accelerator.reduce(bad, reduction="sum")) > 0:
         last = latest_checkpoint(run_dir)
         raise NonFiniteLossError(
-            f"the {phase} loss is {loss.item()} at step {step}; no parameters were updated. The last good checkpoint "
+            f"the {phase} loss is {loss.item()} at step {step + 1}; no parameters were updated in that step. The last good checkpoint "
             f"is {last or 'none (no checkpoint written yet)'}; rerunning resumes from it. Lower the learning rate, "
             "enable clipping (trainer.clip_grad_norm) or check the data for NaNs.")
 

@@ -1,0 +1,182 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from diffdistill.checkpoint import latest_checkpoint
+from diffdistill.data import Batch, ToyDataConfig, ToyMixtureStream
+from diffdistill.methods.base import Method
+from diffdistill.methods.teacher import Teacher, TeacherConfig
+from diffdistill.metrics.distribution import toy_report
+from diffdistill.models.base import Cond
+from diffdistill.models.registry import load_model
+from diffdistill.models.toy import MixtureConfig, MLPConfig, MLPDenoiser
+from diffdistill.trainer import (FAULT_ENV, NonFiniteLossError, OptimizerConfig, TrainerConfig, fit,
+                                 make_accelerator, validate_trainer_config)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def trainer_cfg(**kw):
+    base = dict(max_steps=10, batch_size=8, log_every=1, checkpoint_every=1000, preview_count=16, cpu=True)
+    base.update(kw)
+    return TrainerConfig(**base)
+
+
+def run_fit(method, cfg, run_dir, data=None):
+    data = data or ToyMixtureStream(ToyDataConfig(), cfg.batch_size, cfg.seed)
+    return fit(method, data, cfg, run_dir, make_accelerator(cfg, Path(run_dir)))
+
+
+def test_teacher_training_learns_the_mixture(tmp_path):
+    data_cfg = ToyDataConfig(mixture=MixtureConfig(modes=4, std=0.1))
+    teacher = Teacher(TeacherConfig(preview_steps=30, preview_spacing="linspace"), MLPDenoiser(MLPConfig(hidden=64)))
+    cfg = trainer_cfg(max_steps=1500, batch_size=128, optimizers={"model": OptimizerConfig(lr=3e-3)},
+                      ema_decay=0.99, preview_count=1000, log_every=150)
+    result = run_fit(teacher, cfg, tmp_path, ToyMixtureStream(data_cfg, 128))
+    model = load_model(result.export_dir)
+    samples = Teacher(TeacherConfig(preview_steps=30, preview_spacing="linspace"), model).preview(1000)
+    report = toy_report(samples, data_cfg.mixture)
+    assert report["on_mode"] > 0.8 and report["modes_covered"] == 1.0, report
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(150, 1501, 150))
+    assert rows[-1]["model/denoise"] < rows[0]["model/denoise"]
+    assert (tmp_path / "samples" / "final.png").stat().st_size > 1000
+
+
+class TwoGroup(Method):
+    """Student/critic toy method: records how many micro-batches each phase sees; the student loss also pushes
+    (with weight `leak`) gradient into the critic's parameters, like a GAN generator term through the critic."""
+
+    groups = ("student", "critic")
+
+    def __init__(self, leak: float = 0.0, every: int = 5):
+        super().__init__()
+        self.student, self.critic = nn.Linear(2, 2), nn.Linear(2, 2)
+        self.leak, self.every = leak, every
+        self.calls = {"student": 0, "critic": 0}
+
+    def phases(self, step):
+        return ("student", "critic") if step % self.every == 0 else ("critic",)
+
+    def loss(self, phase, batch, step):
+        self.calls[phase] += 1
+        if phase == "student":
+            loss = self.student(batch.x0).pow(2).mean() + self.leak * self.critic(batch.x0).sum()
+        else:
+            loss = (self.critic(batch.x0) - batch.x0).pow(2).mean()
+        return loss, {f"{phase}/loss": loss.detach()}
+
+    def preview(self, n, seed=0):
+        return torch.zeros(n, 2)
+
+    def export_model(self):
+        return MLPDenoiser(MLPConfig(hidden=8, layers=1))
+
+
+
+@pytest.mark.parametrize("accum", [1, 3])
+def test_two_time_scale_ratio_holds_under_gradient_accumulation(tmp_path, accum):
+    method = TwoGroup(every=5)
+    cfg = trainer_cfg(max_steps=20, grad_accum=accum)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    run_fit(method, cfg, tmp_path)
+    # 20 steps: the student steps at 0, 5, 10, 15 (4 updates), the critic every step (20 updates)
+    assert method.calls == {"student": 4 * accum, "critic": 20 * accum}
+    state = torch.load(latest_checkpoint(tmp_path) / "optimizer.bin", weights_only=True)["state"]
+    assert int(state[0]["step"]) == 4
+    critic_state = torch.load(latest_checkpoint(tmp_path) / "optimizer_1.bin", weights_only=True)["state"]
+    assert int(critic_state[0]["step"]) == 20
+    assert not torch.equal(before["student.weight"], method.role("student").weight)
+
+
+def test_a_phase_never_leaks_gradient_into_another_groups_update(tmp_path):
+    clean, leaky = TwoGroup(leak=0.0), TwoGroup(leak=1e3)
+    leaky.load_state_dict(clean.state_dict())
+    run_fit(clean, trainer_cfg(max_steps=12), tmp_path / "a")
+    run_fit(leaky, trainer_cfg(max_steps=12), tmp_path / "b")
+    torch.testing.assert_close(leaky.role("critic").weight, clean.role("critic").weight, rtol=0, atol=0)
+
+
+class NaNAt(Teacher):
+    def __init__(self, bad_step):
+        super().__init__(TeacherConfig(preview_steps=2), MLPDenoiser(MLPConfig(hidden=16)))
+        self.bad_step = bad_step
+
+    def loss(self, phase, batch, step):
+        loss, logs = super().loss(phase, batch, step)
+        return (loss * float("nan") if step == self.bad_step else loss), logs
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    method = NaNAt(bad_step=4)             # 0-based index 4 = the 5th step
+    with pytest.raises(NonFiniteLossError, match="step 5") as err:
+        run_fit(method, trainer_cfg(max_steps=10, checkpoint_every=2), tmp_path)
+    last = latest_checkpoint(tmp_path)
+    assert last.name == "step-000004" and str(last) in str(err.value)
+    from safetensors.torch import load_file
+
+    saved = load_file(last / "model.safetensors")
+    live = method.role("model").state_dict()     # 4 steps done, the 5th never stepped: weights equal the checkpoint
+    assert all(torch.equal(saved[k], live[k]) for k in saved)
+
+
+def test_interrupted_checkpoint_folders_are_ignored(tmp_path):
+    run_fit(TwoGroup(), trainer_cfg(max_steps=4, checkpoint_every=2), tmp_path)
+    (tmp_path / "checkpoints" / ".tmp-step-000006").mkdir()
+    (tmp_path / "checkpoints" / "step-000008").mkdir()          # no trainer_state.json: incomplete
+    assert latest_checkpoint(tmp_path).name == "step-000004"
+
+
+@pytest.mark.parametrize("bad,match", [(dict(max_steps=0), "max_steps"), (dict(grad_accum=0), "grad_accum"),
+                                       (dict(optimizers={"critic": OptimizerConfig()}), "unknown group"),
+                                       (dict(ema_decay=1.5), "ema_decay")])
+def test_bad_trainer_settings_are_rejected_before_training(bad, match):
+    with pytest.raises(ValueError, match=match):
+        validate_trainer_config(trainer_cfg(**bad), ("model",))
+
+
+def _train_cli(run_dir: Path, steps: int, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "diffdistill.cli", "train", str(REPO / "recipes/toy/teacher_gmm2d.yaml"),
+           f"output_dir={run_dir}", f"trainer.max_steps={steps}", "trainer.checkpoint_every=3",
+           "trainer.log_every=1", "trainer.batch_size=32", "trainer.preview_count=32", "trainer.sample_every=0",
+           "trainer.keep_checkpoints=5"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_data_order(tmp_path):
+    full = _train_cli(tmp_path / "full", 12)
+    assert full.returncode == 0, full.stderr
+    killed = _train_cli(tmp_path / "killed", 12, {FAULT_ENV: "7"})
+    assert killed.returncode == -9                                 # SIGKILL: no cleanup ran
+    assert latest_checkpoint(tmp_path / "killed").name == "step-000006"
+    assert not (tmp_path / "killed" / "export").exists()
+    resumed = _train_cli(tmp_path / "killed", 12)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "full" / "export" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "export" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda d: {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())}
+    full_rows, resumed_rows = rows(tmp_path / "full"), rows(tmp_path / "killed")
+    for step in range(7, 13):                    # the same batches and noise after the resume: identical losses
+        assert resumed_rows[step]["model/denoise"] == full_rows[step]["model/denoise"]
+    state = json.loads((latest_checkpoint(tmp_path / "killed") / "trainer_state.json").read_text())
+    assert state["step"] == 12 and state["data_position"] == 12
+
+
+def test_resume_with_different_maths_is_refused(tmp_path):
+    assert _train_cli(tmp_path, 3).returncode == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "diffdistill.cli", "train", str(REPO / "recipes/toy/teacher_gmm2d.yaml"),
+           f"output_dir={tmp_path}", "trainer.max_steps=6", "trainer.batch_size=64"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert out.returncode == 2 and "trainer.batch_size" in out.stderr and "new output_dir" in out.stderr
