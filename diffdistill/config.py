@@ -2,7 +2,7 @@
 
 Every component owns a ``@dataclass`` config with its defaults (in the component's own file); this module only
 reads, validates and writes them. An unknown key is rejected with its full path, the valid keys and the closest
-match; a value of the wrong type names the expected type. Values are parsed with ``yaml.safe_load``, never ``eval``.
+match; a value of the wrong type names the expected type. Values are parsed with a YAML SafeLoader, never ``eval``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,26 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
+import re
+
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float: YAML 1.1 (PyYAML) needs a dot (``1.0e-4``), and a learning
+    rate silently read as the string "1e-4" is a classic recipe bug."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str) -> Any:
+    """Parse YAML without ever constructing Python objects (no eval, no tags)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 class ConfigError(ValueError):
@@ -122,7 +141,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} does not exist; `diffdistill ls` lists the shipped recipes")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping at the top level")
     return data
@@ -138,7 +157,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})

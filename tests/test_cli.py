@@ -1,0 +1,60 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "diffdistill.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=REPO, timeout=timeout)
+
+
+def test_train_then_sample_end_to_end(tmp_path):
+    out = cli("train", "recipes/toy/teacher_gmm2d.yaml", f"output_dir={tmp_path}", "trainer.max_steps=30",
+              "trainer.log_every=10", "trainer.preview_count=64")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "export" / "diffdistill.json").is_file()
+    meta = json.loads((tmp_path / "export" / "diffdistill.json").read_text())
+    assert meta["trained_steps"] == 30 and meta["run_config"]["trainer"]["max_steps"] == 30
+    assert meta["model"]["kind"] == "mlp" and meta["sampling"]["steps"] == 50
+    sample = cli("sample", tmp_path, "--n", 100, "--steps", 5)
+    assert sample.returncode == 0, sample.stderr
+    report = json.loads(sample.stdout)
+    assert report["samples"] == 100 and report["steps"] == 5 and 0 <= report["on_mode"] <= 1
+    assert report["sliced_w2"] > 0 and Path(report["png"]).is_file()
+
+
+@pytest.mark.parametrize("args,match", [
+    (("train", "recipes/missing.yaml"), "does not exist"),
+    (("train", "recipes/toy/teacher_gmm2d.yaml", "trainer.max_step=3"), "Did you mean 'max_steps'"),
+    (("train", "recipes/toy/teacher_gmm2d.yaml", "trainer.max_steps=0"), "max_steps must be > 0"),
+    (("train", "recipes/toy/teacher_gmm2d.yaml", "trainer.optimizers.critic.lr=1"), "unknown group"),
+    (("sample", "runs/definitely-not-here"), "does not exist"),
+    (("validate", "recipes/toy/teacher_gmm2d.yaml", "model.kind=resnet"), "kind=mlp"),
+])
+def test_bad_input_exits_2_with_a_message_and_no_traceback(args, match):
+    out = cli(*args)
+    assert out.returncode == 2, out
+    assert match in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sample_rejects_nonpositive_steps(tmp_path):
+    assert cli("train", "recipes/toy/teacher_gmm2d.yaml", f"output_dir={tmp_path}", "trainer.max_steps=2").returncode == 0
+    out = cli("sample", tmp_path, "--steps", "-1")
+    assert out.returncode == 2 and "must be > 0" in out.stderr
+
+
+def test_validate_prints_the_resolved_config_and_ls_lists_recipes():
+    out = cli("validate", "recipes/toy/teacher_gmm2d.yaml", "trainer.max_steps=9")
+    assert out.returncode == 0
+    resolved = json.loads(out.stdout)
+    assert resolved["trainer"]["max_steps"] == 9 and resolved["method"]["t_sampler"] == "uniform"
+    listing = cli("ls")
+    assert listing.returncode == 0 and "recipes/toy/teacher_gmm2d.yaml" in listing.stdout
+    assert "teacher:" in listing.stdout and "toy_gmm" in listing.stdout
