@@ -36,7 +36,8 @@ def _times(ts: Sequence[float] | Tensor) -> Tensor:
 
 
 def _t_batch(t: Tensor, x: Tensor) -> Tensor:
-    return t.to(device=x.device, dtype=torch.float32).expand(x.shape[0])
+    # float64 until the adapter's model_time: 499/999 in float32 would reach the network as timestep 499.00003
+    return t.to(device=x.device, dtype=torch.float64).expand(x.shape[0])
 
 
 @torch.no_grad()

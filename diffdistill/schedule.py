@@ -114,11 +114,18 @@ class Schedule:
         """
         name = str(config.get("_class_name", ""))
         n = int(config.get("num_train_timesteps", 1000))
+        if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+            # diffusers' Wan folders ship UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=...) next to
+            # VP-looking beta keys: it is rectified flow with shift = flow_shift
+            return cls.flow(float(config.get("flow_shift", config.get("shift", 1.0))), n)
         if "FlowMatch" in name or ("shift" in config and "beta_schedule" not in config):
             if config.get("use_dynamic_shifting"):
                 raise ValueError(f"{name}: resolution-dependent (dynamic) shifting is not supported yet; pass a fixed "
                                  "shift with Schedule.flow(shift)")
             return cls.flow(float(config.get("shift", 1.0)), n)
+        if config.get("rescale_betas_zero_snr"):
+            raise ValueError(f"{name}: rescale_betas_zero_snr (zero terminal SNR, Lin et al. 2024) is not supported "
+                             "yet: its last table entry is pure noise, where eps -> x0 is undefined")
         if config.get("trained_betas") is not None:
             betas = torch.as_tensor(config["trained_betas"], dtype=torch.float64)
             return cls.vp(torch.cumprod(1 - betas, 0))

@@ -136,25 +136,27 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     step, logs = state["step"], {}
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     started = time.perf_counter()
-    while step < cfg.max_steps:
-        logs = {}
-        for phase in method.phases(step):
-            logs.update(_run_phase(method, phase, data, step, cfg, accelerator, optimizers, schedulers, run_dir))
-            if ema is not None and phase == ema_group:
-                ema.update_parameters(method.role(ema_group))
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            logs = _log(accelerator, logs, step, run_dir, time.perf_counter() - started)
-            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k != "step"})
-        if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
-            _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png")
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            state = {"step": step, "data_position": data.position, "logs": logs}
-            save_checkpoint(accelerator, run_dir, state, ema, cfg.keep_checkpoints)
-        if os.environ.get(FAULT_ENV) == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
-    bar.close()
+    try:
+        while step < cfg.max_steps:
+            logs = {}
+            for phase in method.phases(step):
+                logs.update(_run_phase(method, phase, data, step, cfg, accelerator, optimizers, schedulers, run_dir))
+                if ema is not None and phase == ema_group:
+                    ema.update_parameters(method.role(ema_group))
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                logs = _log(accelerator, logs, step, run_dir, time.perf_counter() - started)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k != "step"})
+            if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
+                _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png")
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                state = {"step": step, "data_position": data.position, "logs": logs}
+                save_checkpoint(accelerator, run_dir, state, ema, cfg.keep_checkpoints)
+            if os.environ.get(FAULT_ENV) == str(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+    finally:
+        bar.close()     # also when a NaN or an interrupt ends the run
 
     export_dir = run_dir / "export"
     if accelerator.is_main_process:

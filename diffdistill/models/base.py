@@ -193,8 +193,8 @@ def role_copy(teacher: DiffusionModel, lora: LoraConfig | None = None) -> Diffus
     targets = lora.target_modules or getattr(copy_, "lora_targets", None)
     if not targets:
         raise ValueError(f"{type(copy_).__name__} names no default LoRA target modules; set lora.target_modules")
+    copy_.requires_grad_(False)           # LoRA trains the adapters only (class tokens etc. stay frozen too)
     network = copy_.lora_network()
-    network.requires_grad_(False)
     inject_adapter_in_model(PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank,
                                            target_modules=list(targets), lora_dropout=lora.dropout), network)
     return copy_

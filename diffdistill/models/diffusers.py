@@ -1,0 +1,390 @@
+"""Adapters from diffusers networks to the model contract: ``UNet2DConditionModel`` and ``WanTransformer3DModel``.
+
+* :class:`DiffusersUNet` (registry kind ``unet``): SD1.5 / SD2 / SDXL UNets (SDXL's added text-time ids included),
+  and small UNets trained here (the Fashion-MNIST teacher, conditioned through learned class tokens).
+* :class:`DiffusersWan` (registry kind ``wan``): Wan 2.1 / 2.2 video transformers, rectified flow.
+
+A network comes from ``pretrained`` (a diffusers pipeline folder, or a bare model folder) or from ``config`` (random
+weights: tiny test models, new teachers). The adapter maps our continuous ``t`` to the network's timestep through
+``schedule.model_time`` and reads scheduler configs through ``Schedule.from_diffusers_config``: no schedule maths here.
+Exports keep the diffusers layout (``unet/`` or ``transformer/`` plus ``scheduler/``) so diffusers loads them as-is.
+
+diffusers (and peft) are imported inside functions only: importing this module must work without them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ConfigError
+from ..schedule import Kind, Schedule
+from .base import NULL_LABEL, Cond, DiffusionModel
+from .toy import ScheduleConfig
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+SCHEDULER_CONFIG = "scheduler_config.json"
+CLASS_TOKENS = "class_tokens.safetensors"
+_FROM_DIFFUSERS: dict[str, Kind] = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
+_TO_DIFFUSERS = {kind: name for name, kind in _FROM_DIFFUSERS.items()}
+
+
+@dataclass
+class UNetConfig:
+    """A diffusers ``UNet2DConditionModel`` teacher/student (SD1.5, SD2, SDXL, or a small UNet trained here).
+
+    Exactly one of ``pretrained`` (pipeline folder with ``unet/`` + ``scheduler/``, or a bare UNet folder) and
+    ``config`` (``UNet2DConditionModel(**config)``, random weights) is set. ``prediction`` defaults to the scheduler
+    config's ``prediction_type`` (else eps); ``schedule`` to the folder's scheduler config (else SD's scaled-linear
+    table). ``num_classes`` > 0 adds learned class tokens (``class_tokens`` of them, +1 null class for CFG) used as
+    ``encoder_hidden_states`` when ``cond.labels`` is given.
+    """
+
+    pretrained: str | None = None
+    subfolder: str | None = "unet"
+    config: dict[str, Any] | None = None
+    prediction: Literal["eps", "v", "x0", "flow"] | None = None
+    schedule: ScheduleConfig | None = None
+    num_classes: int = 0
+    class_tokens: int = 1
+    dtype: Dtype = "float32"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class WanConfig:
+    """A diffusers ``WanTransformer3DModel`` (Wan 2.1 / 2.2), rectified flow (it predicts ``eps - x0``).
+
+    ``pretrained`` (pipeline folder with ``transformer/`` + ``scheduler/``, or a bare folder) or ``config``, as for
+    :class:`UNetConfig`. ``schedule`` defaults to the folder's scheduler (its flow shift), else ``flow(shift=5)``.
+    ``num_frames``, ``height``, ``width`` are the default LATENT size samplers draw noise for.
+    """
+
+    pretrained: str | None = None
+    subfolder: str | None = "transformer"
+    config: dict[str, Any] | None = None
+    schedule: ScheduleConfig | None = None
+    num_frames: int = 9
+    height: int = 16
+    width: int = 16
+    dtype: Dtype = "float32"
+    gradient_checkpointing: bool = False
+
+
+class _DiffusersAdapter(DiffusionModel):
+    """What both adapters share: loading, schedule resolution, LoRA targets, diffusers-layout export."""
+
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0")     # attention projections (names shared by UNet and Wan)
+    registry_kind: str
+    network_class: str
+    default_subfolder: str
+
+    def _load(self, cfg: UNetConfig | WanConfig, fallback: ScheduleConfig) -> tuple[nn.Module, dict | None, Path | None]:
+        """Build or load the network and resolve the schedule; returns (network, scheduler config, folder)."""
+        import diffusers
+
+        cls = getattr(diffusers, self.network_class)
+        what = f"model (kind={self.registry_kind})"
+        self.cfg, self.torch_dtype = cfg, getattr(torch, cfg.dtype)
+        if (cfg.pretrained is None) == (cfg.config is None):
+            raise ConfigError(f"{what}: set exactly one of `pretrained` (a diffusers folder) or `config` (a "
+                              f"{self.network_class} config dict); got {'both' if cfg.config else 'neither'}")
+        network, scheduler, root = None, None, None
+        if cfg.config is not None:
+            # a pasted config.json carries _class_name/_diffusers_version; anything else unknown is a TypeError
+            network = _cast(cls(**{k: v for k, v in cfg.config.items() if not k.startswith("_")}), self.torch_dtype)
+        else:
+            root, sub, scheduler = _locate(Path(cfg.pretrained).expanduser(), self._export_subfolder, what)
+            network = cls.from_pretrained(root, subfolder=sub, local_files_only=True, use_safetensors=True,
+                                          torch_dtype=self.torch_dtype)
+        if cfg.gradient_checkpointing:
+            network.enable_gradient_checkpointing()
+        # the schedule we write on export: the explicit one, the folder's (when a ScheduleConfig can say it), or the
+        # fallback; None means "not representable" (e.g. trained_betas) and the source config is copied verbatim
+        self._scheduler_source = scheduler
+        if cfg.schedule is not None:
+            self.schedule, self.schedule_cfg = cfg.schedule.build(), cfg.schedule
+        elif scheduler is not None:
+            self.schedule = Schedule.from_diffusers_config(scheduler)
+            self.schedule_cfg = _as_schedule_config(self.schedule, scheduler)
+        else:
+            self.schedule, self.schedule_cfg = fallback.build(), fallback
+        return network, scheduler, root
+
+    def lora_network(self) -> nn.Module:
+        return self.network
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``<subfolder>/`` (safetensors) and ``scheduler/scheduler_config.json`` in the diffusers layout.
+
+        LoRA layers injected by ``role_copy`` are merged into a copy first, so plain diffusers loads the export.
+        """
+        import diffusers
+
+        directory = Path(directory)
+        _merged(self.network).save_pretrained(directory / self._export_subfolder, safe_serialization=True)
+        (directory / "scheduler").mkdir(parents=True, exist_ok=True)
+        sched = {**self._scheduler_export(), "_diffusers_version": diffusers.__version__}
+        (directory / "scheduler" / SCHEDULER_CONFIG).write_text(json.dumps(sched, indent=2))
+
+    def _scheduler_export(self) -> dict[str, Any]:
+        s = self.schedule_cfg
+        if s is None:       # not expressible as a ScheduleConfig: keep the teacher's scheduler config verbatim
+            out = dict(self._scheduler_source or {})
+        elif s.kind == "flow":
+            out = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": s.num_train_timesteps,
+                   "shift": s.shift, "use_dynamic_shifting": False}
+        else:   # DDIM with the grid our ode_sample uses by default: trailing, last step returns x0, no clipping
+            out = {"_class_name": "DDIMScheduler", "num_train_timesteps": s.num_train_timesteps,
+                   "beta_schedule": s.beta_schedule, "beta_start": s.beta_start, "beta_end": s.beta_end,
+                   "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0, "timestep_spacing": "trailing"}
+        if self.kind != "flow" or "prediction_type" in out:
+            out["prediction_type"] = _TO_DIFFUSERS[self.kind]
+        return out
+
+    @property
+    def _export_subfolder(self) -> str:
+        """The model subfolder of pipeline folders, read and written (subfolder None = the default name)."""
+        return self.cfg.subfolder or self.default_subfolder
+
+    def export_config(self) -> dict[str, Any]:
+        resolved = replace(self.cfg, subfolder=self._export_subfolder, schedule=self.schedule_cfg)
+        if hasattr(resolved, "prediction"):
+            resolved = replace(resolved, prediction=self.kind)
+        return {"kind": self.registry_kind, **asdict(resolved)}
+
+    def _timestep(self, t: Tensor, like: Tensor) -> Tensor:
+        # diffusers embeds float timesteps exactly like integer ones (sinusoidal features of a float32 value)
+        return self.schedule.model_time(t).to(device=like.device, dtype=torch.float32)
+
+
+class DiffusersUNet(_DiffusersAdapter):
+    """``UNet2DConditionModel`` behind the contract; native kind from the scheduler's ``prediction_type``.
+
+    Shapes: x_t [B, C, H, W]; t [B]; cond.text [B, L, D] (or cond.labels [B] with class tokens); SDXL also
+    cond.pooled [B, Dp] and cond.time_ids [B, n] with n * addition_time_embed_dim + Dp = the UNet's
+    projection_class_embeddings_input_dim (SDXL base: n = 6, Dp = 1280).
+    """
+
+    registry_kind, network_class, default_subfolder = "unet", "UNet2DConditionModel", "unet"
+
+    def __init__(self, cfg: UNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or UNetConfig()
+        self.unet, scheduler, root = self._load(cfg, ScheduleConfig())
+        c = self.unet.config
+        source_kind = (scheduler or {}).get("prediction_type")
+        if cfg.prediction is None and source_kind is not None and source_kind not in _FROM_DIFFUSERS:
+            raise ValueError(f"unsupported scheduler prediction_type {source_kind!r}; set model.prediction")
+        self.kind = cfg.prediction or _FROM_DIFFUSERS.get(source_kind, "eps")
+        size = c.sample_size if isinstance(c.sample_size, (list, tuple)) else (c.sample_size, c.sample_size)
+        self.data_shape = (c.in_channels, *size)
+        width = c.encoder_hid_dim or c.cross_attention_dim   # encoder_hid_proj (if any) maps the text width in
+        self.text_width = width if isinstance(width, int) else None
+        self.class_embed: nn.Embedding | None = None
+        if cfg.num_classes > 0:
+            if self.text_width is None:
+                raise ConfigError(f"class tokens need one cross_attention_dim, got {c.cross_attention_dim}")
+            self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.class_tokens * self.text_width).to(self.torch_dtype)
+        tokens = root / CLASS_TOKENS if root is not None else None
+        if tokens is not None and tokens.is_file():
+            if self.class_embed is None:
+                raise ConfigError(f"{tokens} holds learned class tokens but num_classes=0; set model.num_classes")
+            from safetensors.torch import load_file
+
+            self.class_embed.load_state_dict(load_file(tokens))
+
+    @property
+    def network(self) -> nn.Module:
+        return self.unet
+
+    def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        c = self.unet.config
+        _expect("x_t", x_t, (None, c.in_channels, None, None), "[B, C, H, W]")
+        batch = x_t.shape[0]
+        added = None
+        if c.addition_embed_type == "text_time":
+            added = self._sdxl_added(cond, batch)
+        out = self.unet(x_t.to(self.torch_dtype), self._timestep(t, x_t),
+                        encoder_hidden_states=self._context(cond, batch), added_cond_kwargs=added).sample
+        return out.to(x_t.dtype)
+
+    def _context(self, cond: Cond, batch: int) -> Tensor:
+        """encoder_hidden_states [B, L, D]: the text embedding, or the class tokens of ``cond.labels``."""
+        if cond.labels is not None or (cond.text is None and self.class_embed is not None):
+            if self.class_embed is None:
+                raise ValueError("cond.labels given but this UNet has no class tokens (model.num_classes = 0)")
+            if cond.text is not None:
+                raise ValueError("got both cond.text and cond.labels; a UNet is conditioned on one of them")
+            labels = cond.labels if cond.labels is not None else torch.full((batch,), NULL_LABEL)  # absent = null
+            _expect("cond.labels", labels, (batch,), "[B]")
+            n = self.cfg.num_classes
+            if bool(((labels < NULL_LABEL) | (labels >= n)).any()):
+                raise ValueError(f"cond.labels must be in 0..{n - 1} or NULL_LABEL={NULL_LABEL}, got {labels.tolist()}")
+            idx = torch.where(labels == NULL_LABEL, n, labels).long().to(self.class_embed.weight.device)
+            return self.class_embed(idx).view(batch, self.cfg.class_tokens, self.text_width)
+        _expect("cond.text", cond.text, (batch, None, self.text_width), "[B, L, D] (the prompt embedding)")
+        return cond.text.to(self.torch_dtype)
+
+    def _sdxl_added(self, cond: Cond, batch: int) -> dict[str, Tensor]:
+        c = self.unet.config
+        if cond.pooled is None or cond.time_ids is None:
+            raise ValueError("this SDXL-style UNet (addition_embed_type='text_time') needs cond.pooled [B, Dp] (pooled "
+                             "text embedding) and cond.time_ids [B, 6] (original size, crop top-left, target size); "
+                             f"missing: {[n for n in ('pooled', 'time_ids') if getattr(cond, n) is None]}")
+        _expect("cond.pooled", cond.pooled, (batch, None), "[B, Dp]")
+        _expect("cond.time_ids", cond.time_ids, (batch, None), "[B, n]")
+        got = cond.time_ids.shape[1] * c.addition_time_embed_dim + cond.pooled.shape[1]
+        if got != c.projection_class_embeddings_input_dim:
+            raise ValueError(f"cond.time_ids [B, {cond.time_ids.shape[1]}] and cond.pooled [B, {cond.pooled.shape[1]}] "
+                             f"give {got} added features, expected projection_class_embeddings_input_dim="
+                             f"{c.projection_class_embeddings_input_dim} (= n * {c.addition_time_embed_dim} + Dp)")
+        return {"text_embeds": cond.pooled.to(self.torch_dtype), "time_ids": cond.time_ids.to(self.torch_dtype)}
+
+    def null_cond(self, cond: Cond) -> Cond:
+        """Labels -> NULL_LABEL; no labels on a class-token UNet is already unconditional; text needs ``uncond``."""
+        if cond.labels is not None:
+            return super().null_cond(cond)
+        if cond.text is None and self.class_embed is not None:
+            return cond
+        raise ValueError("a text-conditioned UNet has no built-in null condition: pass guided(model, w, uncond=Cond("
+                         "text=..., pooled=..., time_ids=...)) holding the empty-prompt embedding from the same text "
+                         "encoders (SDXL's pipeline uses zeros instead when force_zeros_for_empty_prompt is set)")
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """diffusers layout (``unet/``, ``scheduler/``) plus ``class_tokens.safetensors`` when class tokens are used."""
+        super().save_pretrained(directory)
+        if self.class_embed is not None:
+            from safetensors.torch import save_file
+
+            save_file({"weight": self.class_embed.weight.detach().cpu().contiguous()}, Path(directory) / CLASS_TOKENS)
+
+
+class DiffusersWan(_DiffusersAdapter):
+    """``WanTransformer3DModel`` behind the contract, native kind ``flow``; timestep = t * 1000.
+
+    Shapes: x_t [B, T, C, H, W] (our layout; diffusers' Wan takes [B, C, T, H, W], permuted here and only here);
+    t [B] or per-frame [B, T]; cond.text [B, L, D] (umT5 embedding, D = text_dim).
+    """
+
+    registry_kind, network_class, default_subfolder = "wan", "WanTransformer3DModel", "transformer"
+
+    def __init__(self, cfg: WanConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or WanConfig()
+        self.transformer, _, _ = self._load(cfg, ScheduleConfig(kind="flow", shift=5.0))
+        if self.schedule.kind != "flow":
+            raise ConfigError(f"Wan is a rectified-flow model but its schedule resolved to {self.schedule.kind!r}; "
+                              "set model.schedule.kind=flow")
+        self.kind = "flow"
+        self.data_shape = (cfg.num_frames, self.transformer.config.in_channels, cfg.height, cfg.width)
+
+    @property
+    def network(self) -> nn.Module:
+        return self.transformer
+
+    def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        c = self.transformer.config
+        _expect("x_t", x_t, (None, None, c.in_channels, None, None), "[B, T, C, H, W]")
+        batch, frames, _, height, width = x_t.shape
+        p_t, p_h, p_w = c.patch_size
+        if frames % p_t or height % p_h or width % p_w:
+            raise ValueError(f"x_t: frames, height, width {[frames, height, width]} must be multiples of the patch "
+                             f"size {list(c.patch_size)}")
+        if cond.labels is not None:
+            raise ValueError("Wan is text-conditioned; cond.labels is not supported")
+        _expect("cond.text", cond.text, (batch, None, c.text_dim), "[B, L, D] (the umT5 prompt embedding)")
+        timestep = self._timestep(t, x_t)
+        if timestep.dim() == 2:     # per-frame times -> one per token, the [B, seq_len] form Wan 2.2 TI2V uses
+            _expect("t", t, (batch, frames), "[B] or per-frame [B, T]")
+            timestep = timestep[:, ::p_t].repeat_interleave((height // p_h) * (width // p_w), dim=1)
+        out = self.transformer(x_t.permute(0, 2, 1, 3, 4).to(self.torch_dtype), timestep,
+                               encoder_hidden_states=cond.text.to(self.torch_dtype), return_dict=False)[0]
+        return out.permute(0, 2, 1, 3, 4).to(x_t.dtype)
+
+    def null_cond(self, cond: Cond) -> Cond:
+        raise ValueError("Wan has no built-in null condition: pass guided(model, w, uncond=Cond(text=...)) holding the "
+                         "negative-prompt embedding (WanPipeline encodes negative_prompt, '' by default)")
+
+
+# ---------------------------------------------------------------------- helpers
+def _locate(root: Path, subfolder: str | None, what: str) -> tuple[Path, str | None, dict | None]:
+    """(folder, subfolder to load from, scheduler config or None) for a pipeline folder or a bare model folder."""
+    layout = (f"a diffusers pipeline folder holding {subfolder or '<model>'}/config.json (+ scheduler/"
+              f"{SCHEDULER_CONFIG}), or a bare model folder holding config.json and diffusion_pytorch_model.safetensors")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{what}: pretrained path {str(root)!r} does not exist; expected {layout}")
+    if (root / "config.json").is_file():
+        sub, candidates = None, [root / "scheduler"]
+        if subfolder and root.name == subfolder:      # pointed at <pipeline>/unet: its scheduler is a sibling
+            candidates.append(root.parent / "scheduler")
+    elif subfolder and (root / subfolder / "config.json").is_file():
+        sub, candidates = subfolder, [root / "scheduler"]
+    else:
+        raise FileNotFoundError(f"{what}: {str(root)!r} holds neither config.json nor "
+                                f"{subfolder or '<subfolder>'}/config.json; expected {layout}")
+    scheduler = next((json.loads((d / SCHEDULER_CONFIG).read_text()) for d in candidates
+                      if (d / SCHEDULER_CONFIG).is_file()), None)
+    return root, sub, scheduler
+
+
+def _as_schedule_config(schedule: Schedule, scheduler: dict) -> ScheduleConfig | None:
+    """The ScheduleConfig equal to ``schedule`` read from ``scheduler``, or None when none is (e.g. trained_betas)."""
+    if schedule.kind == "flow":
+        return ScheduleConfig(kind="flow", shift=schedule.shift, num_train_timesteps=schedule.num_train_timesteps)
+    if scheduler.get("trained_betas") is not None:
+        return None
+    try:   # diffusers' DDPM defaults for absent keys; accepted only if it rebuilds exactly the same table
+        cfg = ScheduleConfig(kind="vp", beta_schedule=scheduler.get("beta_schedule", "linear"),
+                             beta_start=float(scheduler.get("beta_start", 0.0001)),
+                             beta_end=float(scheduler.get("beta_end", 0.02)),
+                             num_train_timesteps=schedule.num_train_timesteps)
+        same = torch.equal(cfg.build().log_alphas_cumprod, schedule.log_alphas_cumprod)
+    except ValueError:
+        return None
+    return cfg if same else None
+
+
+def _expect(name: str, x: Tensor | None, shape: tuple[int | None, ...], layout: str) -> None:
+    """Raise a ValueError naming the expected and the actual shape (None in ``shape`` = any size)."""
+    if x is not None and x.dim() == len(shape) and all(s is None or s == g for s, g in zip(shape, x.shape)):
+        return
+    want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+    got = "nothing" if x is None else str(list(x.shape))
+    raise ValueError(f"{name}: expected {layout} = {want}, got {got}")
+
+
+def _cast(network: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast parameters to ``dtype`` but keep the class's ``_keep_in_fp32_modules`` in float32.
+
+    What ``from_pretrained(torch_dtype=...)`` does; a plain ``.to(dtype)`` would also cast Wan's time embedder and
+    norms (diffusers warns about it). Buffers (Wan's rope tables) are not parameters and keep their dtype.
+    """
+    keep = getattr(network, "_keep_in_fp32_modules", None) or []
+    for name, param in network.named_parameters():
+        param.data = param.data.to(torch.float32 if any(k in name.split(".") for k in keep) else dtype)
+    return network
+
+
+def _merged(network: nn.Module) -> nn.Module:
+    """``network`` itself, or a copy with peft LoRA layers folded into their base layers (for diffusers export)."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return network
+    names = [name for name, module in network.named_modules() if isinstance(module, BaseTunerLayer)]
+    if not names:
+        return network
+    network = copy.deepcopy(network)
+    for name in names:
+        layer = network.get_submodule(name)
+        layer.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(network.get_submodule(parent), child, layer.get_base_layer())
+    return network
