@@ -1,7 +1,8 @@
-"""Command line: ``diffdistill train | sample | ls | validate``.
+"""Command line: ``diffdistill train | sample | export | ls | validate``.
 
     diffdistill train recipes/toy/teacher_gmm2d.yaml trainer.max_steps=200     # key=value overrides
     diffdistill sample runs/toy-teacher --steps 4                              # a run dir or an export dir
+    diffdistill export runs/toy-teacher                                        # newest checkpoint -> export/
     diffdistill validate recipes/toy/teacher_gmm2d.yaml
     diffdistill ls
 
@@ -59,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="PNG path (default: <checkpoint>/samples-<steps>.png)")
     s.set_defaults(func=cmd_sample)
 
+    e = sub.add_parser("export", help="export the newest checkpoint of a run (EMA weights if kept) to <run>/export")
+    e.add_argument("run")
+    e.set_defaults(func=cmd_export)
+
     v = sub.add_parser("validate", help="check a recipe and print its resolved config")
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
@@ -77,6 +82,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    return _train(args.recipe, args.overrides)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the newest checkpoint of a run (EMA weights when the run keeps an EMA) to <run>/export.
+
+    It resumes the run with max_steps set to that checkpoint's step, so no step is taken and the trainer's normal
+    end-of-run export runs: the same code path, metadata and preview as a finished run.
+    """
+    from .checkpoint import latest_checkpoint
+
+    run_dir = Path(args.run)
+    last = latest_checkpoint(run_dir)
+    if last is None or not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} holds no complete checkpoint and config.yaml; pass the output_dir "
+                                "of a `diffdistill train` run")
+    step = json.loads((last / "trainer_state.json").read_text())["step"]
+    return _train(run_dir / "config.yaml", [f"trainer.max_steps={step}"], write_config=False)
+
+
+def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) -> int:
     from accelerate.utils import set_seed
 
     from .checkpoint import latest_checkpoint
@@ -85,20 +111,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .recipe import check_resume_compatible
     from .trainer import NonFiniteLossError, fit, make_accelerator, validate_trainer_config
 
-    run, resolved = resolve(args.recipe, args.overrides)
+    run, resolved = resolve(recipe, overrides)
     run_dir = Path(run.output_dir)
     validate_trainer_config(run.trainer, method_groups(run.method))
     if latest_checkpoint(run_dir) is not None and (run_dir / "config.yaml").is_file():
         check_resume_compatible(load_yaml(run_dir / "config.yaml"), resolved)
     accelerator = make_accelerator(run.trainer, run_dir)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and write_config:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(resolved, run_dir / "config.yaml")
     set_seed(run.trainer.seed)      # the same initial weights on every rank and in every rerun of this recipe
     model = build_model(run.model)
     _, data_cfg = data_config(run.data)
     method = build_method(run.method, model, data_cfg.num_classes)
-    data = build_stream(run.data, run.trainer.batch_size, run.trainer.seed, accelerator.process_index)
+    data = build_stream(run.data, run.trainer.batch_size, run.trainer.seed, accelerator.process_index,
+                        accelerator.num_processes)
     accelerator.print(f"{type(method).__name__} on {run.model['kind']} ({count_parameters(model):,} parameters), "
                       f"{run.trainer.max_steps} steps -> {run_dir}")
     started = time.perf_counter()

@@ -7,9 +7,15 @@ killed, and ranks never draw the same samples. Streams are registered by name fo
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import os
+import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -82,9 +88,97 @@ class ToyMixtureStream:
         return Batch(x0, Cond(labels=labels), index)
 
 
-# name -> (config class, stream factory(cfg, batch_size, seed, rank))
+FMNIST_DEB_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FMNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot")
+
+
+def _fmnist_dirs(root: str | None) -> list[Path]:
+    env = os.environ.get("DIFFDISTILL_DATA")
+    dirs = [Path(root)] if root else []
+    if env:
+        dirs += [Path(env) / "fashion-mnist", Path(env)]
+    return dirs + [FMNIST_DEB_DIR, Path.home() / ".cache" / "diffdistill" / "fashion-mnist"]
+
+
+def load_fashion_mnist(split: Literal["train", "test"], root: str | None = None,
+                       download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST as uint8 arrays: images [N, 28, 28], labels [N] (60k train / 10k test).
+
+    Looked up in ``root``, ``$DIFFDISTILL_DATA[/fashion-mnist]``, the Debian package's folder and the download cache;
+    with ``download`` the original gzipped IDX files are fetched into the cache.
+    """
+    names = FMNIST_FILES[split]
+    found = next((d for d in _fmnist_dirs(root) if all((d / n).is_file() for n in names)), None)
+    if found is None and download:
+        found = _fmnist_dirs(None)[-1]
+        found.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            urllib.request.urlretrieve(FMNIST_URL + name, found / name)
+    if found is None:
+        raise FileNotFoundError(
+            f"Fashion-MNIST ({split}: {', '.join(names)}) not found in {[str(d) for d in _fmnist_dirs(root)]}. Get it "
+            "with one of: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, offline-friendly); put the four "
+            ".gz files in $DIFFDISTILL_DATA/fashion-mnist; or set data.download=true (needs internet).")
+    images = np.frombuffer(gzip.open(found / names[0]).read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    labels = np.frombuffer(gzip.open(found / names[1]).read(), np.uint8, offset=8)
+    if len(images) != len(labels):
+        raise ValueError(f"{found}: {len(images)} images but {len(labels)} labels; the files are damaged")
+    return images, labels
+
+
+def fmnist_to_tensor(images: np.ndarray, pad_to: int = 32) -> Tensor:
+    """uint8 [N, 28, 28] -> float [N, 1, S, S] in [-1, 1], padded with background (-1) to S (UNets like 32)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0)[:, None]
+    pad = (pad_to - x.shape[-1]) // 2
+    return torch.nn.functional.pad(x, (pad, pad, pad, pad), value=-1.0) if pad > 0 else x
+
+
+@dataclass
+class FashionMNISTConfig:
+    """Class-conditional Fashion-MNIST images [B, 1, 32, 32] in [-1, 1] (benchmark B1)."""
+
+    split: Literal["train", "test"] = "train"
+    labels: bool = True
+    pad_to: int = 32
+    root: str | None = None
+    download: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return 10 if self.labels else 0
+
+
+class FashionMNISTStream:
+    """Epochs of a permutation seeded by (seed, epoch), shared by all ranks; rank r reads its slice of each global
+    batch. Batch ``position`` is a pure function of (seed, rank, world, position): exact resume."""
+
+    def __init__(self, cfg: FashionMNISTConfig, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1):
+        self.cfg, self.batch_size, self.seed, self.rank, self.world = cfg, batch_size, seed, rank, world
+        images, labels = load_fashion_mnist(cfg.split, cfg.root, cfg.download)
+        self.images, self.labels = images, torch.from_numpy(labels.astype(np.int64))
+        self.per_epoch = len(images) // (batch_size * world)       # drop the ragged tail of each epoch
+        if self.per_epoch == 0:
+            raise ValueError(f"batch_size {batch_size} x {world} processes exceeds the {len(images)} images")
+        self.position = 0
+
+    def next(self) -> Batch:
+        epoch, slot = divmod(self.position, self.per_epoch)
+        order = torch.randperm(len(self.images), generator=_generator(self.seed, -1, epoch))
+        start = (slot * self.world + self.rank) * self.batch_size
+        index = order[start:start + self.batch_size]
+        x0 = fmnist_to_tensor(self.images[index.numpy()], self.cfg.pad_to)
+        self.position += 1
+        return Batch(x0, Cond(labels=self.labels[index] if self.cfg.labels else None), index)
+
+
+# name -> (config class, stream factory(cfg, batch_size, seed, rank, world))
 DATASETS: dict[str, tuple[type, Any]] = {
-    "toy_gmm": (ToyDataConfig, ToyMixtureStream),
+    "toy_gmm": (ToyDataConfig, lambda cfg, bs, seed, rank, world: ToyMixtureStream(cfg, bs, seed, rank)),
+    "fmnist": (FashionMNISTConfig, FashionMNISTStream),
 }
 
 
@@ -98,6 +192,6 @@ def data_config(spec: dict[str, Any], path: str = "data") -> tuple[str, Any]:
     return spec["name"], from_dict(cfg_cls, {k: v for k, v in spec.items() if k != "name"}, path)
 
 
-def build_stream(spec: dict[str, Any], batch_size: int, seed: int, rank: int) -> DataStream:
+def build_stream(spec: dict[str, Any], batch_size: int, seed: int, rank: int, world: int = 1) -> DataStream:
     name, cfg = data_config(spec)
-    return DATASETS[name][1](cfg, batch_size, seed, rank)
+    return DATASETS[name][1](cfg, batch_size, seed, rank, world)

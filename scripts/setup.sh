@@ -14,7 +14,8 @@ pip_quiet=(-q --disable-pip-version-check)
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install "${pip_quiet[@]}" "$torch_pin"
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-.venv/bin/pip install "${pip_quiet[@]}" -c .venv/constraints.txt -e "$spec"
+# (grep drops the pip warnings about unreachable local index folders on the build machines)
+.venv/bin/pip install "${pip_quiet[@]}" -c .venv/constraints.txt -e "$spec" 2> >(grep -v "is ignored: it is neither" >&2)
 if .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('torchvision') is None)"; then
     echo "error: torchvision is installed in .venv; it breaks diffusers/torchmetrics next to CPU torch." >&2
     echo "       remove it: .venv/bin/pip uninstall -y torchvision" >&2

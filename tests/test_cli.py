@@ -58,3 +58,21 @@ def test_validate_prints_the_resolved_config_and_ls_lists_recipes():
     listing = cli("ls")
     assert listing.returncode == 0 and "recipes/toy/teacher_gmm2d.yaml" in listing.stdout
     assert "teacher:" in listing.stdout and "toy_gmm" in listing.stdout
+
+
+def test_export_writes_the_newest_checkpoint_without_training(tmp_path):
+    out = cli("train", "recipes/toy/teacher_gmm2d.yaml", f"output_dir={tmp_path}", "trainer.max_steps=4",
+              "trainer.checkpoint_every=2")
+    assert out.returncode == 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "export")
+    shutil.rmtree(tmp_path / "checkpoints" / "step-000004")          # as if the run had been stopped after step 3
+    config_before = (tmp_path / "config.yaml").read_text()
+    exported = cli("export", tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    meta = json.loads((tmp_path / "export" / "diffdistill.json").read_text())
+    assert meta["trained_steps"] == 2 and (tmp_path / "config.yaml").read_text() == config_before
+    assert not (tmp_path / "checkpoints" / "step-000004").exists()
+    missing = cli("export", tmp_path / "nothing")
+    assert missing.returncode == 2 and "no complete checkpoint" in missing.stderr

@@ -180,3 +180,11 @@ def test_resume_with_different_maths_is_refused(tmp_path):
            f"output_dir={tmp_path}", "trainer.max_steps=6", "trainer.batch_size=64"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert out.returncode == 2 and "trainer.batch_size" in out.stderr and "new output_dir" in out.stderr
+
+
+def test_bf16_mixed_precision_trains_with_finite_losses(tmp_path):
+    teacher = Teacher(TeacherConfig(preview_steps=2), MLPDenoiser(MLPConfig(hidden=32)))
+    result = run_fit(teacher, trainer_cfg(max_steps=6, mixed_precision="bf16"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert result.step == 6 and all(torch.isfinite(torch.tensor(r["model/denoise"])) for r in rows)
+    assert next(teacher.role("model").parameters()).dtype == torch.float32     # master weights stay float32

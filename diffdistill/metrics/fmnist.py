@@ -1,0 +1,120 @@
+"""Fashion-MNIST evaluator (benchmark B1): a small CNN classifier trained here, its feature space and the metrics.
+
+No Inception or CLIP weights exist offline (reference/environment.md 5), so B1 measures in the feature space of a
+classifier trained on the train split:
+
+* FID-FMNIST: Fréchet distance of the 128-d penultimate features, generated images vs the 10k test images;
+* class accuracy: share of samples classified as their conditioning class (our stand-in for CLIP score);
+* diversity: mean pairwise feature distance within each class, averaged over classes (Phased DMD's concern:
+  distillation that collapses modes lowers it).
+
+These numbers are comparable across runs of this benchmark, not with published FIDs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .frechet import FeatureStats, frechet_distance
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "fmnist"
+CLASSIFIER_FILE = "classifier.safetensors"
+REFERENCE_FILE = "test_stats.safetensors"
+
+
+class FMNISTClassifier(nn.Module):
+    """CNN on [B, 1, 32, 32] images in [-1, 1]: 3 strided stages -> global average -> 128-d features -> 10 logits."""
+
+    feature_dim = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GroupNorm(8, c_out), nn.SiLU()]
+
+        self.body = nn.Sequential(*block(1, 32, 1), *block(32, 64, 2), *block(64, 64, 1), *block(64, 128, 2),
+                                  *block(128, 128, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(128, 10))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Shapes: x [B, 1, H, W] in [-1, 1] -> [B, 128]."""
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"the Fashion-MNIST evaluator expects grey images [B, 1, H, W], got {list(x.shape)}")
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class FMNISTScores:
+    fid: float
+    accuracy: float
+    diversity: float
+    n: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"fid_fmnist": self.fid, "class_accuracy": self.accuracy, "diversity": self.diversity, "n": self.n}
+
+
+class FMNISTEvaluator:
+    """Loads the shipped classifier and the test-set reference statistics; scores batches of generated images."""
+
+    def __init__(self, assets: str | Path = ASSETS, device: str | torch.device = "cpu", batch_size: int = 500) -> None:
+        assets = Path(assets)
+        for name in (CLASSIFIER_FILE, REFERENCE_FILE):
+            if not (assets / name).is_file():
+                raise FileNotFoundError(f"{assets / name} is missing; rebuild the evaluator with "
+                                        "`python evaluation/fmnist/train_classifier.py` (see its model card)")
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.net = FMNISTClassifier().to(self.device).eval()
+        self.net.load_state_dict(load_file(assets / CLASSIFIER_FILE))
+        self.reference = FeatureStats.load(assets / REFERENCE_FILE)
+
+    @torch.no_grad()
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Shapes: images [N, 1, 32, 32] in [-1, 1] -> features [N, 128], logits [N, 10] (batched)."""
+        feats, logits = [], []
+        for chunk in images.split(self.batch_size):
+            f = self.net.features(chunk.to(self.device).float().clamp(-1, 1))
+            feats.append(f.cpu())
+            logits.append(self.net.head(f).cpu())
+        return torch.cat(feats), torch.cat(logits)
+
+    def score(self, images: Tensor, labels: Tensor) -> FMNISTScores:
+        """FID-FMNIST against the test set, class accuracy and within-class diversity of generated ``images``."""
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        feats, logits = self.features_and_logits(images)
+        fid = frechet_distance(FeatureStats.from_features(feats), self.reference)
+        accuracy = float((logits.argmax(1) == labels.cpu()).double().mean())
+        return FMNISTScores(fid, accuracy, within_class_diversity(feats, labels.cpu()), images.shape[0])
+
+
+def within_class_diversity(features: Tensor, labels: Tensor) -> float:
+    """Mean pairwise Euclidean feature distance within each class, averaged over classes with >= 2 samples."""
+    per_class = []
+    for c in labels.unique():
+        f = features[labels == c].double()
+        if f.shape[0] >= 2:
+            d = torch.cdist(f, f)
+            per_class.append(d.sum() / (f.shape[0] * (f.shape[0] - 1)))
+    if not per_class:
+        raise ValueError("diversity needs at least one class with two or more samples")
+    return float(torch.stack(per_class).mean())
+
+
+def save_evaluator(net: FMNISTClassifier, reference: FeatureStats, card: dict, assets: str | Path = ASSETS) -> None:
+    """Write the classifier, the reference statistics and a model card (JSON) into ``assets``."""
+    assets = Path(assets)
+    assets.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(assets / CLASSIFIER_FILE))
+    reference.save(assets / REFERENCE_FILE, metadata={"what": "FMNISTClassifier features of the 10k test images"})
+    (assets / "card.json").write_text(json.dumps(card, indent=2))
