@@ -1,0 +1,121 @@
+"""Benchmark B1 runner: sample an exported Fashion-MNIST model at several step counts and score it.
+
+    python evaluation/fmnist/bench.py diffdistill/assets/fmnist/teacher --steps 1 2 4 8 16 32 50 --n 10000
+
+For each setting: FID-FMNIST against the 10k test images, class accuracy, within-class diversity (metrics/fmnist.py),
+NFE, images/s and its ratio to the reference setting (the last one listed, measured in the same run), and a PNG grid
+(one row per class). Writes <out>/<name>.json, <name>.md, <name>_fid.png and <name>_<steps>steps.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from diffdistill.metrics.fmnist import ASSETS, FMNISTEvaluator
+from diffdistill.models.base import Cond, guided
+from diffdistill.models.registry import load_model, read_export_meta
+from diffdistill.sampling import few_step_sample, ode_sample
+from diffdistill.visual import save_samples
+
+
+def sample_setting(model, steps: int, n: int, guidance: float, sampler: str, spacing: str, batch: int,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Class-balanced samples (labels 0..9 repeating) and the sampling wall time in seconds."""
+    labels = torch.arange(n) % 10
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, *model.data_shape, generator=gen)
+    net = guided(model, guidance)
+    ts = model.schedule.step_grid(steps, spacing)
+    out, seconds = [], 0.0
+    for i in tqdm(range(0, n, batch), desc=f"{steps} steps", leave=False):
+        cond = Cond(labels=labels[i:i + batch])
+        start = time.perf_counter()
+        with torch.no_grad():
+            x = (ode_sample(net, noise[i:i + batch], ts, cond) if sampler == "ode"
+                 else few_step_sample(net, noise[i:i + batch], ts, cond, generator=gen))
+        seconds += time.perf_counter() - start
+        out.append(x)
+    return torch.cat(out), labels, seconds
+
+
+def class_rows(images: torch.Tensor, labels: torch.Tensor, per_class: int = 10) -> torch.Tensor:
+    """[10 * per_class, C, H, W]: row c holds the first ``per_class`` samples of class c."""
+    return torch.cat([images[labels == c][:per_class] for c in range(10)])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="an exported model folder (or a run dir with export/)")
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 50])
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--guidance", type=float, default=3.0, help="standard-form CFG scale")
+    p.add_argument("--sampler", choices=["ode", "few_step"], default="ode")
+    p.add_argument("--spacing", default="trailing")
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="teacher")
+    p.add_argument("--out", default="evaluation/results/fmnist")
+    args = p.parse_args()
+    directory = Path(args.model) / "export" if (Path(args.model) / "export").is_dir() else Path(args.model)
+    model = load_model(directory).eval()
+    evaluator = FMNISTEvaluator()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for steps in tqdm(args.steps, desc="settings"):
+        images, labels, seconds = sample_setting(model, steps, args.n, args.guidance, args.sampler, args.spacing,
+                                                 args.batch, args.seed)
+        scores = evaluator.score(images, labels)
+        nfe = steps * (2 if args.guidance != 1.0 else 1)
+        rows.append({"steps": steps, "nfe": nfe, **scores.as_dict(), "seconds": seconds, "images_per_s": args.n / seconds})
+        save_samples(class_rows(images, labels), out / f"{args.name}_{steps:02d}steps.png")
+    ref = rows[-1]["images_per_s"]
+    for row in rows:
+        row["speed_ratio_vs_last"] = row["images_per_s"] / ref
+    card = json.loads((ASSETS / "card.json").read_text()) if (ASSETS / "card.json").is_file() else {}
+    meta = read_export_meta(directory)
+    result = {"model": str(directory), "trained_steps": meta.get("trained_steps"), "n": args.n,
+              "guidance": args.guidance, "cfg_form": "uncond + w (cond - uncond)", "sampler": args.sampler,
+              "spacing": args.spacing, "seed": args.seed, "evaluator_test_accuracy": card.get("test_accuracy"),
+              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+              "rows": rows}
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    lines = [f"{args.name}: {args.sampler} sampler, CFG {args.guidance} (standard form), N = {args.n}, "
+             f"speed ratio vs the {args.steps[-1]}-step setting measured in the same run",
+             "", "| steps | NFE | FID-FMNIST | class accuracy | diversity | images/s ratio |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['steps']} | {r['nfe']} | {r['fid_fmnist']:.2f} | {r['class_accuracy']:.3f} | {r['diversity']:.2f} | "
+              f"{r['speed_ratio_vs_last']:.1f}x |" for r in rows]
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    plot(rows, out / f"{args.name}_fid.png", args.name)
+    print("\n".join(lines))
+
+
+def plot(rows: list[dict], path: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    ax.plot([r["steps"] for r in rows], [r["fid_fmnist"] for r in rows], "o-")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("FID-FMNIST")
+    ax.set_title(f"{name}: FID against steps")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
