@@ -122,8 +122,10 @@ def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) 
         dump_yaml(resolved, run_dir / "config.yaml")
     set_seed(run.trainer.seed)      # the same initial weights on every rank and in every rerun of this recipe
     model = build_model(run.model)
+    models = {"model": model, **{role: build_model(getattr(run, role), role) for role in ("student", "critic")
+                                 if getattr(run, role) is not None}}
     _, data_cfg = data_config(run.data)
-    method = build_method(run.method, model, data_cfg.num_classes)
+    method = build_method(run.method, models, data_cfg.num_classes)
     data = build_stream(run.data, run.trainer.batch_size, run.trainer.seed, accelerator.process_index,
                         accelerator.num_processes)
     accelerator.print(f"{type(method).__name__} on {run.model['kind']} ({count_parameters(model):,} parameters), "

@@ -1,6 +1,8 @@
 """A run's recipe: the top-level sections, validated together; building the pieces a run needs.
 
-    model:   {kind: ..., ...}     the network (registry: models/registry.py)
+    model:   {kind: ..., ...}     the network; the teacher for distillation methods (registry: models/registry.py)
+    student: {kind: ..., ...}     optional: a student network of its own (default: a copy of the teacher)
+    critic:  {kind: ..., ...}     optional: a critic network of its own (default: a copy of the teacher)
     method:  {name: ..., ...}     the training method (registry: methods/__init__.py)
     data:    {name: ..., ...}     the data stream (registry: data.py)
     trainer: {...}                the loop (TrainerConfig)
@@ -31,6 +33,8 @@ class RunConfig:
     data: dict[str, Any]
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output_dir: str = "runs/default"
+    student: dict[str, Any] | None = None
+    critic: dict[str, Any] | None = None
 
 
 def resolve(recipe: str | Path | dict[str, Any], overrides: list[str] | None = None) -> tuple[RunConfig, dict]:
@@ -42,8 +46,12 @@ def resolve(recipe: str | Path | dict[str, Any], overrides: list[str] | None = N
     raw = merge(raw, parse_overrides(overrides or []))
     run = from_dict(RunConfig, raw)
     resolved = to_dict(run)
-    for section, check in (("model", model_config), ("method", method_config), ("data", data_config)):
-        key_name = "kind" if section == "model" else "name"
+    sections = (("model", model_config), ("student", model_config), ("critic", model_config),
+                ("method", method_config), ("data", data_config))
+    for section, check in sections:
+        if getattr(run, section) is None:
+            continue
+        key_name = "kind" if check is model_config else "name"
         name, cfg = check(getattr(run, section), section)
         resolved[section] = {key_name: name, **to_dict(asdict(cfg))}
     return run, resolved

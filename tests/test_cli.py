@@ -76,3 +76,17 @@ def test_export_writes_the_newest_checkpoint_without_training(tmp_path):
     assert not (tmp_path / "checkpoints" / "step-000004").exists()
     missing = cli("export", tmp_path / "nothing")
     assert missing.returncode == 2 and "no complete checkpoint" in missing.stderr
+
+
+def test_dmd2_recipe_trains_and_its_student_samples_with_its_own_schedule(tmp_path):
+    out = cli("train", "recipes/toy/dmd2_gmm2d.yaml", f"output_dir={tmp_path}", "trainer.max_steps=6",
+              "trainer.log_every=3", "trainer.preview_count=64")
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((tmp_path / "export" / "diffdistill.json").read_text())
+    assert meta["sampling"] == {"sampler": "few_step", "steps": 1, "times": [1.0], "guidance": 1.0, "num_classes": 0}
+    assert meta["model"]["kind"] == "mlp" and meta["model"]["prediction"] == "x0"      # the student is exported
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "critic/denoise" in rows[0] and "student/dm" in rows[0]                     # step 3: both phases ran
+    sample = cli("sample", tmp_path, "--n", 64)
+    assert sample.returncode == 0, sample.stderr
+    assert json.loads(sample.stdout)["sampler"] == "few_step"

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffdistill.checkpoint import latest_checkpoint
 from diffdistill.models.registry import load_model

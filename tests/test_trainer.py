@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from diffdistill.checkpoint import latest_checkpoint
-from diffdistill.data import Batch, ToyDataConfig, ToyMixtureStream
+from diffdistill.data import ToyDataConfig, ToyMixtureStream
 from diffdistill.methods.base import Method
 from diffdistill.methods.teacher import Teacher, TeacherConfig
 from diffdistill.metrics.distribution import toy_report
-from diffdistill.models.base import Cond
 from diffdistill.models.registry import load_model
 from diffdistill.models.toy import MixtureConfig, MLPConfig, MLPDenoiser
 from diffdistill.trainer import (FAULT_ENV, NonFiniteLossError, OptimizerConfig, TrainerConfig, fit,

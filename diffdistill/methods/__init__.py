@@ -7,10 +7,13 @@ from typing import Any
 from ..config import ConfigError, from_dict, unknown_key_error
 from ..models.base import DiffusionModel
 from .base import Method
+from .dmd2 import DMD2, DMD2Config
 from .teacher import Teacher, TeacherConfig
 
+# name -> (config class, method class with a `build(cfg, models, num_classes)` classmethod, description)
 METHODS: dict[str, tuple[type, type[Method], str]] = {
     "teacher": (TeacherConfig, Teacher, "plain denoising / flow-matching training (builds teachers)"),
+    "dmd2": (DMD2Config, DMD2, "DMD2: distribution matching + two time-scale updates + backward simulation"),
 }
 
 
@@ -28,6 +31,8 @@ def method_groups(spec: dict[str, Any]) -> tuple[str, ...]:
     return METHODS[method_config(spec)[0]][1].groups
 
 
-def build_method(spec: dict[str, Any], model: DiffusionModel, num_classes: int) -> Method:
+def build_method(spec: dict[str, Any], models: dict[str, DiffusionModel | None], num_classes: int) -> Method:
+    """``models``: ``model`` (the network; the teacher for distillation methods) and, when the recipe has those
+    sections, ``student`` / ``critic`` networks of their own (otherwise methods copy the teacher)."""
     name, cfg = method_config(spec)
-    return METHODS[name][1](cfg, model, num_classes)
+    return METHODS[name][1].build(cfg, models, num_classes)

@@ -15,6 +15,7 @@ from ..data import Batch
 from ..models.base import NULL_LABEL, Cond, DiffusionModel, guided
 from ..sampling import ode_sample
 from .base import Method
+from .losses import denoising_loss
 
 
 @dataclass
@@ -41,15 +42,15 @@ class Teacher(Method):
         self.cfg, self.model, self.num_classes = cfg, model, num_classes
         self.schedule = model.schedule
 
+    @classmethod
+    def build(cls, cfg: TeacherConfig, models: dict[str, DiffusionModel | None], num_classes: int) -> "Teacher":
+        return cls(cfg, models["model"], num_classes)
+
     def loss(self, phase: str, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         x0, cond = batch.x0, self._dropout(batch.cond)
         t = self.schedule.sample_t(x0.shape[0], sampler=self.cfg.t_sampler, t_min=self.cfg.t_min,
                                    t_max=self.cfg.t_max, shifted=self.cfg.shifted, device=x0.device)
-        eps = torch.randn_like(x0)
-        x_t = self.schedule.add_noise(x0, eps, t)
-        pred = self.model(x_t, t, cond)
-        target = self.schedule.target(pred.kind, x0, eps, t)
-        loss = torch.nn.functional.mse_loss(pred.native.float(), target.float())
+        loss = denoising_loss(self.model, self.schedule, x0, t, cond)
         return loss, {"model/denoise": loss.detach()}
 
     def _dropout(self, cond: Cond) -> Cond:

@@ -1,0 +1,51 @@
+"""Losses shared by the methods: denoising in any parameterisation, the DMD gradient surrogate, GAN losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models.base import Cond, DiffusionModel
+from ..schedule import Schedule
+
+
+def denoising_loss(model: DiffusionModel, schedule: Schedule, x0: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
+    """MSE to the target of the model's native parameterisation (eps, v, x0 or flow) at times ``t``.
+
+    DDPM (Ho et al. 2020) for eps, rectified flow (Liu et al. 2023) for flow; the same call trains teachers and
+    DMD critics ("fake score"). ``model`` may be a DDP wrapper, hence the explicit schedule. Shapes: x0 [B, ...]; t [B].
+    """
+    eps = torch.randn_like(x0)
+    x_t = schedule.add_noise(x0, eps, t)
+    pred = model(x_t, t, cond)
+    target = schedule.target(pred.kind, x0, eps, t)
+    return F.mse_loss(pred.native.float(), target.float())
+
+
+def dmd_loss(x_gen: Tensor, real_x0: Tensor, fake_x0: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Distribution-matching surrogate (DMD, Yin et al. 2024 eq. 7; DMD2 sec. 4.1).
+
+    With p_real = x_gen - real_x0 and p_fake = x_gen - fake_x0, the gradient direction is
+    g = (p_real - p_fake) / mean|p_real| with the normaliser PER SAMPLE (DMD2's code; FastVideo's batch-global mean
+    differs), NaNs zeroed. The loss 0.5 * MSE(x_gen, stopgrad(x_gen - g)) has d loss / d x_gen proportional to g:
+    it moves x_gen toward the teacher's denoised estimate and away from the critic's. Shapes: all [B, ...].
+    """
+    with torch.no_grad():
+        p_real, p_fake = (x_gen - real_x0).float(), (x_gen - fake_x0).float()
+        dims = tuple(range(1, x_gen.dim()))
+        norm = p_real.abs().mean(dim=dims, keepdim=True).clamp_min(1e-12)
+        grad = torch.nan_to_num((p_real - p_fake) / norm)
+        target = x_gen.float() - grad
+    loss = 0.5 * F.mse_loss(x_gen.float(), target)
+    return loss, {"dm_grad_norm": grad.flatten(1).norm(dim=1).mean()}
+
+
+def gan_generator_loss(fake_logits: Tensor) -> Tensor:
+    """Non-saturating generator loss softplus(-D(fake)) (Goodfellow et al. 2014; DMD2 sec. 4.3)."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def gan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """softplus(D(fake)) + softplus(-D(real)): the logistic discriminator loss."""
+    return F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
