@@ -105,3 +105,54 @@ def test_one_step_dmd2_moves_the_student_onto_the_modes_of_the_analytic_mixture(
 def test_bad_dmd2_settings_are_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
         toy_dmd2(**{"times": bad.pop("student_times", [1.0]), **bad})
+
+
+def test_gan_head_reads_the_critics_features_in_its_ordinary_forward():
+    from diffdistill.models.heads import attach_head
+
+    critic = MLPDenoiser(MLPConfig(hidden=32, schedule=SCHED))
+    assert critic(torch.randn(5, 2), torch.rand(5)).logits is None
+    head = attach_head(critic)
+    pred = critic(torch.randn(5, 2), torch.rand(5))
+    assert pred.logits.shape == (5,) and any(p is q for p in critic.parameters() for q in head.parameters())
+
+
+def test_gan_head_on_a_unet_uses_the_mid_block():
+    from diffdistill.models.heads import attach_head
+    from diffdistill.models.registry import build_model
+    from tiny_diffusers import tiny_sd15_unet_config
+
+    unet = build_model({"kind": "unet", "config": tiny_sd15_unet_config(), "num_classes": 3})
+    head = attach_head(unet)
+    assert head.spec.module == "unet.mid_block" and head.spec.spatial
+    x = torch.randn(2, *unet.data_shape)
+    pred = unet(x, torch.rand(2), Cond(labels=torch.tensor([0, 2])))
+    assert pred.logits.shape == (2,) and pred.native.shape == x.shape
+    pred.logits.sum().backward()
+    assert unet.unet.down_blocks[0].resnets[0].conv1.weight.grad.abs().sum() > 0    # the encoder learns from the GAN
+
+
+def grads(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_gan_terms_send_gradient_into_the_head_and_the_student():
+    torch.manual_seed(0)
+    m = toy_dmd2(gan_student_weight=0.5, gan_critic_weight=1.0)
+    batch = Batch(GaussianMixture(MIX).sample_data(32), Cond(), torch.arange(32))
+    loss, logs = m.loss("critic", batch, 0)
+    loss.backward()
+    head_grads = grads(m.critic.gan_head)
+    assert head_grads and "critic/gan" in logs and torch.isfinite(logs["critic/gan"])
+    assert any(not n.startswith("gan_head") for n in grads(m.critic))         # the critic body learns from it too
+    m.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    loss, logs = m.loss("student", batch, 0)
+    loss.backward()
+    with_gan = grads(m.student)
+    m.zero_grad(set_to_none=True)
+    m.cfg.gan_student_weight = 0.0
+    torch.manual_seed(1)
+    m.loss("student", batch, 0)[0].backward()
+    without_gan = grads(m.student)
+    assert "student/gan" in logs and any(not torch.allclose(with_gan[n], without_gan[n]) for n in with_gan)

@@ -8,12 +8,13 @@ trainable ``critic`` (the fake score: a diffusion model of the student's own out
   once with grad -> x_gen; noise x_gen at t ~ U[t_min, t_max]; the teacher (CFG) and the critic (no CFG) denoise it
   without grad; the DM surrogate loss (losses.dmd_loss) pushes x_gen toward the teacher and away from the critic.
 * critic phase (every step): the critic's denoising loss, in its own parameterisation, on detached x_gen.
+* GAN (sec. 4.3, optional): a head on the critic's features classifies noised real data against noised x_gen
+  (non-saturating softplus losses); the student also gets the generator term through the critic.
 
 Multi-step students run on fixed times (DMD2 4-step SDXL: timesteps 999, 749, 499, 249) and are trained at the
 input they meet at inference: pure noise at step 0, their own re-noised predictions after (DMD2 sec. 4.5). A one-step
 student may be conditioned on a time other than 1 (DMD2's one-step SDXL feeds pure noise at timestep 399) to avoid
 the 1/alpha(1) amplification of an eps-prediction network at t = 1.
-Not here (yet): the GAN head (sec. 4.3).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from torch import Tensor
 
 from ..data import Batch
 from ..models.base import Cond, DiffusionModel, LoraConfig, freeze, guided, role_copy
+from ..models.heads import attach_head
 from ..randomness import shared_randint
 from ..sampling import backward_simulate, few_step_sample
 from .base import Method
-from .losses import denoising_loss, dmd_loss
+from .losses import denoising_loss, dmd_loss, gan_discriminator_loss, gan_generator_loss
 
 
 @dataclass
@@ -41,6 +43,8 @@ class DMD2Config:
     t_min: float = 0.02                    # DM noising range (DMD2: timesteps 20..980)
     t_max: float = 0.98
     backward_simulation: bool = True       # False: the ablation that feeds noised real data at step k > 0
+    gan_student_weight: float = 0.0        # generator GAN term (DMD2 SDXL 5e-3, ImageNet 3e-3, SD1.5 1e-3)
+    gan_critic_weight: float = 0.0         # discriminator loss weight (DMD2 SDXL 1e-2)
     student_lora: LoraConfig = field(default_factory=LoraConfig)         # rank 0 = full student
     critic_lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -58,6 +62,9 @@ class DMD2(Method):
         self.critic = critic if critic is not None else role_copy(teacher, cfg.critic_lora)
         self.times = torch.tensor(cfg.student_times, dtype=torch.float64)
         self.real_score = guided(self.teacher, cfg.guidance)
+        self.gan = cfg.gan_student_weight > 0 or cfg.gan_critic_weight > 0
+        if self.gan:        # before the trainer builds optimizers: the head trains with the critic's group
+            attach_head(self.critic)
 
     @classmethod
     def build(cls, cfg: DMD2Config, models: dict[str, DiffusionModel | None], num_classes: int) -> "DMD2":
@@ -92,16 +99,45 @@ class DMD2(Method):
             real_x0 = self.real_score(x_t, t, batch.cond).x0
             fake_x0 = self.critic(x_t, t, batch.cond).x0
         loss, logs = dmd_loss(x_gen, real_x0, fake_x0)
-        return loss, {"student/dm": loss.detach(), "student/dm_grad_norm": logs["dm_grad_norm"],
-                      "student/k": torch.tensor(float(k))}
+        out = {"student/dm": loss.detach(), "student/dm_grad_norm": logs["dm_grad_norm"], "student/k": torch.tensor(float(k))}
+        if self.cfg.gan_student_weight > 0:     # gradient reaches x_gen through the critic (its own grads are dropped)
+            logits = self.critic(*self._noised(x_gen), batch.cond).logits
+            gan = gan_generator_loss(logits)
+            loss = loss + self.cfg.gan_student_weight * gan
+            out["student/gan"] = gan.detach()
+        return loss, out
 
     def _critic_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.no_grad():
             x_gen, _ = self.generate(batch, with_grad=False)
+        if not self.gan:
+            schedule = self.role("critic").schedule
+            t = schedule.sample_t(x_gen.shape[0], device=x_gen.device)
+            loss = denoising_loss(self.critic, schedule, x_gen, t, batch.cond)
+            return loss, {"critic/denoise": loss.detach()}
+        return self._critic_loss_with_gan(batch, x_gen)
+
+    def _critic_loss_with_gan(self, batch: Batch, x_gen: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Denoising on x_gen and the discriminator loss (real vs x_gen, each noised at random t) in ONE critic
+        forward: DDP cannot take several forwards of a module before one backward."""
+        schedule, n = self.role("critic").schedule, x_gen.shape[0]
+        t = schedule.sample_t(n, device=x_gen.device)
+        eps = torch.randn_like(x_gen)
+        (real_t, t_real), (fake_t, t_fake) = self._noised(batch.x0), self._noised(x_gen)
+        cond = batch.cond.cat(batch.cond).cat(batch.cond)
+        pred = self.critic(torch.cat([schedule.add_noise(x_gen, eps, t), real_t, fake_t]),
+                           torch.cat([t, t_real, t_fake]), cond)
+        target = schedule.target(pred.kind, x_gen, eps, t)
+        denoise = torch.nn.functional.mse_loss(pred.native[:n].float(), target.float())
+        real_logits, fake_logits = pred.logits[n:].chunk(2)
+        disc = gan_discriminator_loss(real_logits, fake_logits)
+        return denoise + self.cfg.gan_critic_weight * disc, {"critic/denoise": denoise.detach(), "critic/gan": disc.detach()}
+
+    def _noised(self, x0: Tensor) -> tuple[Tensor, Tensor]:
+        """Diffusion-GAN input (DMD2 sec. 4.3): x0 noised at t ~ U[0, 1]."""
         schedule = self.role("critic").schedule
-        t = schedule.sample_t(x_gen.shape[0], device=x_gen.device)
-        loss = denoising_loss(self.critic, schedule, x_gen, t, batch.cond)
-        return loss, {"critic/denoise": loss.detach()}
+        t = schedule.sample_t(x0.shape[0], device=x0.device)
+        return schedule.add_noise(x0, torch.randn_like(x0), t), t
 
     @staticmethod
     def _t(t: Tensor, like: Tensor) -> Tensor:
@@ -130,5 +166,7 @@ def _validate(cfg: DMD2Config) -> None:
         raise ValueError(f"method.student_times must be strictly decreasing values in (0, 1], got {times}")
     if cfg.student_every < 1:
         raise ValueError(f"method.student_every must be >= 1, got {cfg.student_every}")
+    if cfg.gan_student_weight < 0 or cfg.gan_critic_weight < 0:
+        raise ValueError("method.gan_student_weight and method.gan_critic_weight must be >= 0")
     if not 0.0 <= cfg.t_min < cfg.t_max <= 1.0:
         raise ValueError(f"method.t_min/t_max must satisfy 0 <= t_min < t_max <= 1, got {cfg.t_min}, {cfg.t_max}")

@@ -71,10 +71,12 @@ class Prediction:
     (see :mod:`diffdistill.schedule`). ``pred.native`` is the raw network output.
     """
 
-    __slots__ = ("native", "kind", "x_t", "t", "schedule", "_cache")
+    __slots__ = ("native", "kind", "x_t", "t", "schedule", "logits", "_cache")
 
-    def __init__(self, native: Tensor, kind: Kind, x_t: Tensor, t: Tensor, schedule: Schedule) -> None:
+    def __init__(self, native: Tensor, kind: Kind, x_t: Tensor, t: Tensor, schedule: Schedule,
+                 logits: Tensor | None = None) -> None:
         self.native, self.kind, self.x_t, self.t, self.schedule = native, kind, x_t, t, schedule
+        self.logits = logits              # [B] discriminator logits when a GAN head is attached (models/heads.py)
         self._cache: dict[str, Tensor] = {kind: native}
 
     def as_kind(self, kind: Kind) -> Tensor:
@@ -104,7 +106,22 @@ class DiffusionModel(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Prediction:
         t = _per_sample_t(t, x_t)
-        return Prediction(self.predict(x_t, t, as_cond(cond)), self.kind, x_t, t, self.schedule)
+        native = self.predict(x_t, t, as_cond(cond))
+        return Prediction(native, self.kind, x_t, t, self.schedule, self._head_logits())
+
+    def feature_spec(self):
+        """Where a discriminator head reads this model's features (a ``heads.FeatureSpec``)."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no features for a discriminator head")
+
+    def _head_logits(self) -> Tensor | None:
+        head = getattr(self, "gan_head", None)
+        if head is None:
+            return None
+        source = self.get_submodule(head.spec.module)
+        features = source.__dict__.pop("_gan_features", None)     # captured by the hook of heads.attach_head
+        if features is None:
+            raise RuntimeError(f"no features were captured from {head.spec.module!r} in this forward pass")
+        return head(features)
 
     def null_cond(self, cond: Cond) -> Cond:
         """The unconditional counterpart of ``cond`` used for CFG (labels -> NULL_LABEL; text is model specific)."""

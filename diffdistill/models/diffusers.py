@@ -204,6 +204,14 @@ class DiffusersUNet(_DiffusersAdapter):
     def network(self) -> nn.Module:
         return self.unet
 
+    def feature_spec(self):
+        """The mid-block output, where DMD2 attaches its GAN classifier (DMD2 sec. 4.3)."""
+        from .heads import FeatureSpec
+
+        if self.unet.mid_block is None:
+            raise ValueError("this UNet has no mid block (mid_block_type=None) to attach a discriminator head to")
+        return FeatureSpec("unet.mid_block", self.unet.config.block_out_channels[-1], spatial=True)
+
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         c = self.unet.config
         _expect("x_t", x_t, (None, c.in_channels, None, None), "[B, C, H, W]")

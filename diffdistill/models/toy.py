@@ -148,6 +148,11 @@ class MLPDenoiser(DiffusionModel):
     def lora_network(self) -> nn.Module:
         return self
 
+    def feature_spec(self):
+        from .heads import FeatureSpec
+
+        return FeatureSpec(f"body.{len(self.body) - 1}", self.cfg.hidden, spatial=False)   # the last hidden activation
+
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         if x_t.dim() != 2 or x_t.shape[1] != 2:
             raise ValueError(f"MLPDenoiser expects x_t of shape [B, 2], got {list(x_t.shape)}")
