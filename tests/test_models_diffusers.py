@@ -165,6 +165,11 @@ def test_class_tokens_condition_the_unet_and_survive_export(tmp_path):
     assert (tmp_path / adapters.CLASS_TOKENS).is_file()
     again = load_model(tmp_path)
     torch.testing.assert_close(again(x, t, Cond(labels=labels)).native, out, **EXACT)
+    # `pretrained: <an export of ours>` alone is enough: num_classes/class_tokens come from its diffdistill.json
+    from_recipe = build_model({"kind": "unet", "pretrained": str(tmp_path)})
+    assert (from_recipe.cfg.num_classes, from_recipe.cfg.class_tokens) == (3, 2)
+    torch.testing.assert_close(from_recipe(x, t, Cond(labels=labels)).native, out, **EXACT)
+    (tmp_path / EXPORT_META).unlink()           # a foreign folder holding class tokens still gets the clear error
     with pytest.raises(ConfigError, match="num_classes=0"):
         build_model({"kind": "unet", "pretrained": str(tmp_path)})
 

@@ -176,7 +176,7 @@ class DiffusersUNet(_DiffusersAdapter):
 
     def __init__(self, cfg: UNetConfig | None = None) -> None:
         super().__init__()
-        cfg = cfg or UNetConfig()
+        cfg = _class_tokens_from_export(cfg or UNetConfig())
         self.unet, scheduler, root = self._load(cfg, ScheduleConfig())
         c = self.unet.config
         source_kind = (scheduler or {}).get("prediction_type")
@@ -340,6 +340,16 @@ def _locate(root: Path, subfolder: str | None, what: str) -> tuple[Path, str | N
     scheduler = next((json.loads((d / SCHEDULER_CONFIG).read_text()) for d in candidates
                       if (d / SCHEDULER_CONFIG).is_file()), None)
     return root, sub, scheduler
+
+
+def _class_tokens_from_export(cfg: UNetConfig) -> UNetConfig:
+    """A folder exported by diffdistill records its class-token settings in diffdistill.json: use them when the
+    recipe leaves num_classes at 0, so `pretrained: <export>` is all a distillation recipe needs."""
+    meta = Path(cfg.pretrained).expanduser() / "diffdistill.json" if cfg.pretrained else None
+    if cfg.num_classes or meta is None or not meta.is_file():
+        return cfg
+    saved = json.loads(meta.read_text()).get("model", {})
+    return replace(cfg, num_classes=int(saved.get("num_classes", 0)), class_tokens=int(saved.get("class_tokens", 1)))
 
 
 def _as_schedule_config(schedule: Schedule, scheduler: dict) -> ScheduleConfig | None:
