@@ -22,7 +22,7 @@ import torch
 
 from .config import ConfigError, dump_yaml, from_dict, load_yaml
 from .models.base import Cond, guided
-from .models.registry import MODEL_KINDS, build_model, count_parameters, load_model, read_export_meta
+from .models.registry import MODEL_KINDS, build_model, count_parameters, find_export, load_model, read_export_meta
 from .recipe import resolve
 
 EXIT_BAD_INPUT = 2
@@ -141,20 +141,12 @@ def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) 
     return 0
 
 
-def _export_dir(path: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist; pass a run directory (with export/) or an "
-                                "export directory written by `diffdistill train`")
-    return p / "export" if (p / "export").is_dir() else p
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     from .metrics.distribution import toy_report
     from .sampling import few_step_sample, ode_sample
     from .visual import save_samples
 
-    directory = _export_dir(args.checkpoint)
+    directory = find_export(args.checkpoint)
     meta = read_export_meta(directory)
     info = meta.get("sampling", {})
     model = load_model(directory).eval()

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -181,7 +181,20 @@ def _warmup(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.
 def _make_ema(module: nn.Module, decay: float | None) -> AveragedModel | None:
     if decay is None:
         return None
-    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(module, multi_avg_fn=_ema_with_warmup(decay), use_buffers=True)
+
+
+def _ema_with_warmup(decay: float):
+    """EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)) over its n updates (diffusers' EMAModel warm-up).
+
+    Without it a slow EMA (0.999) still gives the random initial weights 0.999^500 = 61% of the weight after 500
+    steps, and early previews and exports are noise.
+    """
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        current = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(ema_params, params, 1 - current)
+    return update
 
 
 def _run_phase(method: Method, phase: str, data: DataStream, step: int, cfg: TrainerConfig,

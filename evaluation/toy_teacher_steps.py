@@ -14,12 +14,11 @@ from pathlib import Path
 
 import torch
 
-from diffdistill.cli import _export_dir
 from diffdistill.data import ToyDataConfig
 from diffdistill.config import from_dict
 from diffdistill.metrics.distribution import toy_report
 from diffdistill.models.base import Cond, guided
-from diffdistill.models.registry import load_model, read_export_meta
+from diffdistill.models.registry import find_export, load_model, read_export_meta
 from diffdistill.sampling import ode_sample
 from diffdistill.visual import save_samples
 
@@ -33,7 +32,7 @@ def main() -> None:
     p.add_argument("--out", default="evaluation/results/toy")
     args = p.parse_args()
     torch.set_num_threads(1)
-    directory = _export_dir(args.run)
+    directory = find_export(args.run)
     meta = read_export_meta(directory)
     model = load_model(directory).eval()
     info, data = meta["sampling"], meta["run_config"]["data"]

@@ -187,3 +187,19 @@ def test_bf16_mixed_precision_trains_with_finite_losses(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert result.step == 6 and all(torch.isfinite(torch.tensor(r["model/denoise"])) for r in rows)
     assert next(teacher.role("model").parameters()).dtype == torch.float32     # master weights stay float32
+
+
+def test_ema_warms_up_so_early_weights_do_not_linger():
+    from diffdistill.trainer import _make_ema
+
+    net = nn.Linear(1, 1, bias=False)
+    net.weight.data.fill_(0.0)
+    ema = _make_ema(net, 0.999)
+    for _ in range(50):
+        net.weight.data.fill_(1.0)
+        ema.update_parameters(net)
+    # a plain 0.999 EMA would still hold 0.999**49 = 95% of the initial 0; the warm-up has forgotten most of it
+    assert float(ema.module.weight) > 0.8
+    for _ in range(2000):
+        ema.update_parameters(net)
+    assert float(ema.module.weight) == pytest.approx(1.0, abs=1e-6)

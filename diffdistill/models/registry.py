@@ -79,6 +79,15 @@ def read_export_meta(directory: str | Path) -> dict[str, Any]:
     return json.loads(meta_path.read_text())
 
 
+def find_export(path: str | Path) -> Path:
+    """An export folder from a run directory (its ``export/``) or from the export folder itself."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass a run directory (with export/) or an "
+                                "export directory written by `diffdistill train` / `diffdistill export`")
+    return p / "export" if (p / "export").is_dir() else p
+
+
 def load_model(directory: str | Path) -> DiffusionModel:
     """Rebuild an exported model from its folder (the inverse of :func:`save_model`)."""
     directory = Path(directory)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from diffdistill.metrics.fmnist import ASSETS, FMNISTEvaluator
 from diffdistill.models.base import Cond, guided
-from diffdistill.models.registry import load_model, read_export_meta
+from diffdistill.models.registry import find_export, load_model, read_export_meta
 from diffdistill.sampling import few_step_sample, ode_sample
 from diffdistill.visual import save_samples
 
@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--name", default="teacher")
     p.add_argument("--out", default="evaluation/results/fmnist")
     args = p.parse_args()
-    directory = Path(args.model) / "export" if (Path(args.model) / "export").is_dir() else Path(args.model)
+    directory = find_export(args.model)
     model = load_model(directory).eval()
     evaluator = FMNISTEvaluator()
     out = Path(args.out)
