@@ -134,20 +134,26 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
             accelerator.init_trackers(run_dir.name, config=run_config or {})
 
     step, logs = state["step"], {}
+    window: dict[str, list[float]] = {}     # key -> [sum, count] since the last log line
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     started = time.perf_counter()
     try:
         while step < cfg.max_steps:
-            logs = {}
             for phase in method.phases(step):
-                logs.update(_run_phase(method, phase, data, step, cfg, accelerator, optimizers, schedulers, run_dir))
+                for key, value in _run_phase(method, phase, data, step, cfg, accelerator, optimizers, schedulers,
+                                             run_dir).items():
+                    total = window.setdefault(key, [0.0, 0])
+                    total[0], total[1] = total[0] + value, total[1] + 1
                 if ema is not None and phase == ema_group:
                     ema.update_parameters(method.role(ema_group))
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                logs = _log(accelerator, logs, step, run_dir, time.perf_counter() - started)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k != "step"})
+                # means over the window: a phase that ran on any step since the last line is logged (TTUR methods)
+                logs = {key: total / count for key, (total, count) in window.items()}
+                window.clear()
+                _log(accelerator, logs, step, run_dir, time.perf_counter() - started)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items()})
             if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
                 _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png")
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
@@ -234,15 +240,13 @@ def _check_finite(accelerator: Accelerator, loss: torch.Tensor, phase: str, step
             "enable clipping (trainer.clip_grad_norm) or check the data for NaNs.")
 
 
-def _log(accelerator: Accelerator, logs: dict[str, float], step: int, run_dir: Path, elapsed: float) -> dict:
-    logs = {k: float(v) for k, v in logs.items()}
+def _log(accelerator: Accelerator, logs: dict[str, float], step: int, run_dir: Path, elapsed: float) -> None:
     row = {"step": step, "time_s": round(elapsed, 3), **logs}
     if accelerator.is_main_process:
         with open(run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
         if accelerator.log_with:
             accelerator.log(logs, step=step)
-    return logs
 
 
 def _export(method: Method, ema: AveragedModel | None, ema_group: str):

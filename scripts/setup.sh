@@ -11,7 +11,8 @@ torch_pin="${DIFFDISTILL_TORCH:-torch==2.13.0}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 echo "$torch_pin" > .venv/constraints.txt
 pip_quiet=(-q --disable-pip-version-check)
-.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install "${pip_quiet[@]}" "$torch_pin"
+.venv/bin/python -c "import torch" 2>/dev/null \
+    || .venv/bin/pip install "${pip_quiet[@]}" "$torch_pin" 2> >(grep -v "is ignored: it is neither" >&2)
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 # (grep drops the pip warnings about unreachable local index folders on the build machines)

@@ -86,7 +86,9 @@ def test_dmd2_recipe_trains_and_its_student_samples_with_its_own_schedule(tmp_pa
     assert meta["sampling"] == {"sampler": "few_step", "steps": 1, "times": [1.0], "guidance": 1.0, "num_classes": 0}
     assert meta["model"]["kind"] == "mlp" and meta["model"]["prediction"] == "x0"      # the student is exported
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert "critic/denoise" in rows[0] and "student/dm" in rows[0]                     # step 3: both phases ran
+    # log lines average over their window: steps 1-3 hold one student update (step 1) and three critic updates
+    assert [r["step"] for r in rows] == [3, 6] and all("critic/denoise" in r for r in rows)
+    assert "student/dm" in rows[0] and "student/dm" in rows[1]                         # student steps 1 and 6
     sample = cli("sample", tmp_path, "--n", 64)
     assert sample.returncode == 0, sample.stderr
     assert json.loads(sample.stdout)["sampler"] == "few_step"
