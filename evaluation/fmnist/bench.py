@@ -3,7 +3,7 @@
     python evaluation/fmnist/bench.py diffdistill/assets/fmnist/teacher --steps 1 2 4 8 16 32 50 --n 10000
 
 For each setting: FID-FMNIST against the 10k test images, class accuracy, within-class diversity (metrics/fmnist.py),
-NFE, images/s and its ratio to the reference setting (the last one listed, measured in the same run), and a PNG grid
+NFE, images/s and its ratio to the reference setting (the most steps; measured first, in the same run), and a PNG grid
 (one row per class). Writes <out>/<name>.json, <name>.md, <name>_fid.png and <name>_<steps>steps.png.
 """
 
@@ -68,33 +68,37 @@ def main() -> None:
     evaluator = FMNISTEvaluator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for steps in tqdm(args.steps, desc="settings"):
+    reference = max(args.steps)              # measured first: the speed ratios need it, and long runs may be cut
+    order = [reference] + [s for s in args.steps if s != reference]
+    card = json.loads((ASSETS / "card.json").read_text()) if (ASSETS / "card.json").is_file() else {}
+    header = {"model": str(directory), "trained_steps": read_export_meta(directory).get("trained_steps"), "n": args.n,
+              "guidance": args.guidance, "cfg_form": "uncond + w (cond - uncond)", "sampler": args.sampler,
+              "spacing": args.spacing, "seed": args.seed, "evaluator_test_accuracy": card.get("test_accuracy"),
+              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
+    rows: list[dict] = []
+    for steps in tqdm(order, desc="settings"):
         images, labels, seconds = sample_setting(model, steps, args.n, args.guidance, args.sampler, args.spacing,
                                                  args.batch, args.seed)
         scores = evaluator.score(images, labels)
         nfe = steps * (2 if args.guidance != 1.0 else 1)
         rows.append({"steps": steps, "nfe": nfe, **scores.as_dict(), "seconds": seconds, "images_per_s": args.n / seconds})
+        rows.sort(key=lambda r: r["steps"])
+        for row in rows:
+            row["speed_ratio_vs_reference"] = row["images_per_s"] / rows[-1]["images_per_s"]
         save_samples(class_rows(images, labels), out / f"{args.name}_{steps:02d}steps.png")
-    ref = rows[-1]["images_per_s"]
-    for row in rows:
-        row["speed_ratio_vs_last"] = row["images_per_s"] / ref
-    card = json.loads((ASSETS / "card.json").read_text()) if (ASSETS / "card.json").is_file() else {}
-    meta = read_export_meta(directory)
-    result = {"model": str(directory), "trained_steps": meta.get("trained_steps"), "n": args.n,
-              "guidance": args.guidance, "cfg_form": "uncond + w (cond - uncond)", "sampler": args.sampler,
-              "spacing": args.spacing, "seed": args.seed, "evaluator_test_accuracy": card.get("test_accuracy"),
-              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
-              "rows": rows}
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    lines = [f"{args.name}: {args.sampler} sampler, CFG {args.guidance} (standard form), N = {args.n}, "
-             f"speed ratio vs the {args.steps[-1]}-step setting measured in the same run",
-             "", "| steps | NFE | FID-FMNIST | class accuracy | diversity | images/s ratio |",
-             "|---:|---:|---:|---:|---:|---:|"]
+        write(out, args.name, {**header, "rows": rows}, reference)      # after every setting: nothing is lost
+
+
+def write(out: Path, name: str, result: dict, reference: int) -> None:
+    rows = result["rows"]
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    lines = [f"{name}: {result['sampler']} sampler, CFG {result['guidance']} (standard form), N = {result['n']}, "
+             f"speed ratio vs the {reference}-step setting measured in the same run", "",
+             "| steps | NFE | FID-FMNIST | class accuracy | diversity | images/s ratio |", "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['steps']} | {r['nfe']} | {r['fid_fmnist']:.2f} | {r['class_accuracy']:.3f} | {r['diversity']:.2f} | "
-              f"{r['speed_ratio_vs_last']:.1f}x |" for r in rows]
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    plot(rows, out / f"{args.name}_fid.png", args.name)
+              f"{r['speed_ratio_vs_reference']:.1f}x |" for r in rows]
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    plot(rows, out / f"{name}_fid.png", name)
     print("\n".join(lines))
 
 

@@ -1,0 +1,24 @@
+"""The shipped Fashion-MNIST teacher loads from its folder and draws the garments it is asked for."""
+
+import json
+
+import torch
+
+from diffdistill.metrics.fmnist import ASSETS, FMNISTEvaluator
+from diffdistill.models.base import Cond, guided
+from diffdistill.models.registry import load_model
+from diffdistill.sampling import ode_sample
+
+TEACHER = ASSETS / "teacher"
+
+
+def test_shipped_teacher_draws_the_requested_classes():
+    card = json.loads((TEACHER / "card.json").read_text())
+    teacher = load_model(TEACHER).eval()
+    assert card["parameters"] == sum(p.numel() for p in teacher.parameters()) and teacher.kind == "eps"
+    labels = torch.arange(20) % 10
+    with torch.no_grad():
+        images = ode_sample(guided(teacher, 3.0), torch.randn(20, 1, 32, 32, generator=torch.Generator().manual_seed(0)),
+                            teacher.schedule.step_grid(20), Cond(labels=labels))
+    _, logits = FMNISTEvaluator().features_and_logits(images)
+    assert (logits.argmax(1) == labels).double().mean() >= 0.8
