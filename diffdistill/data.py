@@ -123,8 +123,10 @@ def load_fashion_mnist(split: Literal["train", "test"], root: str | None = None,
             f"Fashion-MNIST ({split}: {', '.join(names)}) not found in {[str(d) for d in _fmnist_dirs(root)]}. Get it "
             "with one of: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, offline-friendly); put the four "
             ".gz files in $DIFFDISTILL_DATA/fashion-mnist; or set data.download=true (needs internet).")
-    images = np.frombuffer(gzip.open(found / names[0]).read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    labels = np.frombuffer(gzip.open(found / names[1]).read(), np.uint8, offset=8)
+    with gzip.open(found / names[0]) as fh:
+        images = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(found / names[1]) as fh:
+        labels = np.frombuffer(fh.read(), np.uint8, offset=8)
     if len(images) != len(labels):
         raise ValueError(f"{found}: {len(images)} images but {len(labels)} labels; the files are damaged")
     return images, labels

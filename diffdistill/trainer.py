@@ -167,7 +167,7 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     export_dir = run_dir / "export"
     if accelerator.is_main_process:
         _preview(method, ema, ema_group, cfg, run_dir / "samples" / "final.png")
-        save_model(_export(method, ema, ema_group), export_dir,
+        save_model(_export(method, ema), export_dir,
                    {"run_config": run_config or {}, "sampling": method.sampling_info(), "trained_steps": step})
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -249,7 +249,7 @@ def _log(accelerator: Accelerator, logs: dict[str, float], step: int, run_dir: P
             accelerator.log(logs, step=step)
 
 
-def _export(method: Method, ema: AveragedModel | None, ema_group: str):
+def _export(method: Method, ema: AveragedModel | None):
     model = method.export_model()
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())

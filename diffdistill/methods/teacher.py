@@ -5,7 +5,7 @@ rectified flow, Liu et al. 2023). The loss is the MSE to the target of the netwo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -57,7 +57,7 @@ class Teacher(Method):
         if cond.labels is None or self.cfg.cond_dropout == 0:
             return cond
         drop = torch.rand(cond.labels.shape, device=cond.labels.device) < self.cfg.cond_dropout
-        return Cond(**{**cond.__dict__, "labels": torch.where(drop, NULL_LABEL, cond.labels)})
+        return replace(cond, labels=torch.where(drop, NULL_LABEL, cond.labels))
 
     @torch.no_grad()
     def preview(self, n: int, seed: int = 0) -> Tensor:

@@ -28,13 +28,13 @@ class GANHead(nn.Module):
     """Features -> one logit per sample. Spatial [B, C, h, w]: stride-2 conv blocks down to <= 4x4, then a conv to
     one channel averaged over positions; flat [B, C]: a two-layer MLP. Shapes: -> [B]."""
 
-    def __init__(self, spec: FeatureSpec, width: int | None = None) -> None:
+    def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()
         self.spec = spec
-        width = width or spec.channels
+        width = spec.channels          # same width throughout, so stopping the downsampling early is always valid
         if spec.spatial:
             groups = next(g for g in (32, 16, 8, 4, 2, 1) if width % g == 0)
-            self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(spec.channels if i == 0 else width, width, 4, 2, 1),
+            self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(width, width, 4, 2, 1),
                                                        nn.GroupNorm(groups, width), nn.SiLU()) for i in range(3)])
             self.out = nn.Conv2d(width, 1, 1)
         else:
@@ -51,13 +51,13 @@ class GANHead(nn.Module):
         return logits.flatten(1).mean(1)
 
 
-def attach_head(model: DiffusionModel, width: int | None = None) -> GANHead:
+def attach_head(model: DiffusionModel) -> GANHead:
     """Give ``model`` a discriminator head on its ``feature_spec()`` features; returns the head (now a submodule).
 
     After this, ``model(x_t, t, cond).logits`` holds the head's logits [B] for that forward pass.
     """
     spec = model.feature_spec()
-    head = GANHead(spec, width)
+    head = GANHead(spec)
     model.gan_head = head
     model.get_submodule(spec.module).register_forward_hook(_keep_features)
     return head
