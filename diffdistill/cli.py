@@ -1,8 +1,9 @@
-"""Command line: ``diffdistill train | sample | export | ls | validate``.
+"""Command line: ``diffdistill train | sample | export | encode | ls | validate``.
 
     diffdistill train recipes/toy/teacher_gmm2d.yaml trainer.max_steps=200     # key=value overrides
     diffdistill sample runs/toy-teacher --steps 4                              # a run dir or an export dir
     diffdistill export runs/toy-teacher                                        # newest checkpoint -> export/
+    diffdistill encode --pipeline models/sdxl-base --images data/captioned --out data/sdxl-latents
     diffdistill validate recipes/toy/teacher_gmm2d.yaml
     diffdistill ls
 
@@ -64,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.set_defaults(func=cmd_export)
 
+    c = sub.add_parser("encode", help="captioned images -> latents + prompt embeddings (data: {name: latents})")
+    c.add_argument("--pipeline", required=True, help="a local diffusers pipeline folder (its VAE and text encoders)")
+    c.add_argument("--images", required=True, help="images with metadata.jsonl or <stem>.txt captions")
+    c.add_argument("--out", required=True, help="the latents folder to write")
+    c.add_argument("--resolution", type=int, default=None, help="square crop size in pixels (default: the UNet's)")
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--shard-size", type=int, default=1000)
+    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    c.add_argument("--vae-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="SDXL's VAE overflows in float16; keep float32 unless it is a fixed VAE")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_encode)
+
     v = sub.add_parser("validate", help="check a recipe and print its resolved config")
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
@@ -78,6 +92,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _, resolved = resolve(args.recipe, args.overrides)
     print(json.dumps(resolved, indent=2))
     print(f"OK: {args.recipe} is valid", file=sys.stderr)
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .encode import encode_folder
+
+    out = encode_folder(args.pipeline, args.images, args.out, args.resolution, args.batch_size, args.shard_size,
+                        args.device, args.vae_dtype, args.seed)
+    print(f"wrote {out} ({json.loads((out / 'meta.json').read_text())['count']} samples)")
     return 0
 
 

@@ -20,10 +20,18 @@ import yaml
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` as a float: YAML 1.1 (PyYAML) needs a dot (``1.0e-4``), and a learning
-    rate silently read as the string "1e-4" is a classic recipe bug."""
+    """SafeLoader with YAML 1.2 scalars: ``1e-4`` is a float (YAML 1.1 needs a dot, and a learning rate silently
+    read as the string "1e-4" is a classic recipe bug), and only true/false are booleans (YAML 1.1 also reads
+    yes/no/on/off, so ``mixed_precision: no`` would arrive as False)."""
 
 
+# copy the resolver table before editing it: SafeLoader's own table must stay as it is
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import os
 import urllib.request
 from dataclasses import dataclass, field
@@ -27,14 +28,21 @@ from .models.toy import GaussianMixture, MixtureConfig
 
 @dataclass
 class Batch:
-    """A training batch. Shapes: x0 [B, ...] (data or latents); cond fields batch-first; index [B] sample ids."""
+    """A training batch. Shapes: x0 [B, ...] (data or latents); cond fields batch-first; index [B] sample ids.
+
+    ``uncond`` is the unconditional counterpart of ``cond`` (batch-first too) for text-conditioned teachers, whose
+    CFG needs the empty-prompt embedding of their own text encoders; None where the model has a built-in null
+    condition (class labels) or the data has none.
+    """
 
     x0: Tensor
     cond: Cond
     index: Tensor
+    uncond: Cond | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.x0.to(device), self.cond.to(device), self.index.to(device))
+        uncond = self.uncond.to(device) if self.uncond is not None else None
+        return Batch(self.x0.to(device), self.cond.to(device), self.index.to(device), uncond)
 
     def fingerprint(self) -> str:
         """Short hash of the sample ids and values: the same batch gives the same fingerprint (resume tests)."""
@@ -55,6 +63,19 @@ def _generator(seed: int, rank: int, position: int) -> torch.Generator:
     # One independent stream per (seed, rank, position): resumable and distinct across ranks.
     key = hashlib.sha256(f"{seed}/{rank}/{position}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+
+
+def epoch_batch_indices(count: int, batch_size: int, seed: int, rank: int, world: int, position: int) -> Tensor:
+    """Sample ids of batch ``position`` for ``rank``: epochs of a permutation seeded by (seed, epoch), shared by all
+    ranks; rank r reads its slice of each global batch; the ragged tail of each epoch is dropped. A pure function of
+    its arguments, so a resumed run sees exactly the batches it would have seen. Shape: [batch_size]."""
+    per_epoch = count // (batch_size * world)
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {batch_size} x {world} processes exceeds the {count} samples of the dataset")
+    epoch, slot = divmod(position, per_epoch)
+    order = torch.randperm(count, generator=_generator(seed, -1, epoch))
+    start = (slot * world + rank) * batch_size
+    return order[start:start + batch_size]
 
 
 @dataclass
@@ -162,26 +183,32 @@ class FashionMNISTStream:
         self.cfg, self.batch_size, self.seed, self.rank, self.world = cfg, batch_size, seed, rank, world
         images, labels = load_fashion_mnist(cfg.split, cfg.root, cfg.download)
         self.images, self.labels = images, torch.from_numpy(labels.astype(np.int64))
-        self.per_epoch = len(images) // (batch_size * world)       # drop the ragged tail of each epoch
-        if self.per_epoch == 0:
-            raise ValueError(f"batch_size {batch_size} x {world} processes exceeds the {len(images)} images")
+        epoch_batch_indices(len(images), batch_size, seed, rank, world, 0)    # fail now if the batch is too large
         self.position = 0
 
     def next(self) -> Batch:
-        epoch, slot = divmod(self.position, self.per_epoch)
-        order = torch.randperm(len(self.images), generator=_generator(self.seed, -1, epoch))
-        start = (slot * self.world + self.rank) * self.batch_size
-        index = order[start:start + self.batch_size]
+        index = epoch_batch_indices(len(self.images), self.batch_size, self.seed, self.rank, self.world, self.position)
         x0 = fmnist_to_tensor(self.images[index.numpy()], self.cfg.pad_to)
         self.position += 1
         return Batch(x0, Cond(labels=self.labels[index] if self.cfg.labels else None), index)
 
 
-# name -> (config class, stream factory(cfg, batch_size, seed, rank, world))
-DATASETS: dict[str, tuple[type, Any]] = {
-    "toy_gmm": (ToyDataConfig, lambda cfg, bs, seed, rank, world: ToyMixtureStream(cfg, bs, seed, rank)),
-    "fmnist": (FashionMNISTConfig, FashionMNISTStream),
+def _toy_stream(cfg: ToyDataConfig, batch_size: int, seed: int, rank: int, world: int) -> ToyMixtureStream:
+    return ToyMixtureStream(cfg, batch_size, seed, rank)
+
+
+# name -> (module, config class, stream factory(cfg, batch_size, seed, rank, world)); imported on use
+DATASETS: dict[str, tuple[str, str, str]] = {
+    "toy_gmm": ("diffdistill.data", "ToyDataConfig", "_toy_stream"),
+    "fmnist": ("diffdistill.data", "FashionMNISTConfig", "FashionMNISTStream"),
+    "latents": ("diffdistill.latents", "LatentsConfig", "LatentsStream"),
 }
+
+
+def _dataset(name: str) -> tuple[type, Any]:
+    module, cfg_name, factory = DATASETS[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, cfg_name), getattr(mod, factory)
 
 
 def data_config(spec: dict[str, Any], path: str = "data") -> tuple[str, Any]:
@@ -190,10 +217,10 @@ def data_config(spec: dict[str, Any], path: str = "data") -> tuple[str, Any]:
         raise ConfigError(f"{path} needs a `name`: one of {', '.join(DATASETS)}")
     if spec["name"] not in DATASETS:
         raise unknown_key_error(path, f"name={spec['name']}", [f"name={k}" for k in DATASETS])
-    cfg_cls, _ = DATASETS[spec["name"]]
+    cfg_cls, _ = _dataset(spec["name"])
     return spec["name"], from_dict(cfg_cls, {k: v for k, v in spec.items() if k != "name"}, path)
 
 
 def build_stream(spec: dict[str, Any], batch_size: int, seed: int, rank: int, world: int = 1) -> DataStream:
     name, cfg = data_config(spec)
-    return DATASETS[name][1](cfg, batch_size, seed, rank, world)
+    return _dataset(name)[1](cfg, batch_size, seed, rank, world)

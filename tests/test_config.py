@@ -64,6 +64,17 @@ def test_overrides_parse_as_yaml_scalars_and_merge_deeply():
         parse_overrides(["trainer.max_steps"])
 
 
+def test_yes_no_on_off_stay_strings_and_only_true_false_are_booleans():
+    # YAML 1.1 reads `no` as False, which broke `trainer.mixed_precision=no`
+    over = parse_overrides(["trainer.mixed_precision=no", "a=off", "b=yes", "c=true", "d=False"])
+    assert over == {"trainer": {"mixed_precision": "no"}, "a": "off", "b": "yes", "c": True, "d": False}
+    run, _ = resolve(RECIPE, ["trainer.mixed_precision=no"])
+    assert run.trainer.mixed_precision == "no"
+    import yaml
+
+    assert yaml.safe_load("a: no") == {"a": False}        # PyYAML's own loader is left as it was
+
+
 def test_overrides_are_never_evaluated_as_code():
     over = parse_overrides(["output_dir=__import__('os').getcwd()"])
     assert over["output_dir"] == "__import__('os').getcwd()"

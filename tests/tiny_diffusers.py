@@ -103,22 +103,50 @@ def tiny_t5_tokenizer():
 
 
 # ---------------------------------------------------------------------- pipelines
+def _tiny_vae():
+    """AutoencoderKL with SD's layout (4 latent channels, 2x downsampling here)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                         norm_num_groups=32, sample_size=64)
+
+
+def _tiny_clip_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+                          layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=vocab_size,
+                          hidden_act="gelu", projection_dim=32)
+
+
 def tiny_sdxl_pipeline(seed: int = 0):
     """StableDiffusionXLPipeline with tiny random UNet, VAE and two CLIP text encoders (32 + 32 = 64 wide)."""
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     unet = tiny_unet(tiny_sdxl_unet_config(), seed)
-    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        norm_num_groups=32, sample_size=64)
     tok = tiny_clip_tokenizer()
-    tcfg = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
-                          layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=len(tok),
-                          hidden_act="gelu", projection_dim=32)
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(tcfg), text_encoder_2=CLIPTextModelWithProjection(tcfg),
-                                     tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sd_scheduler())
+    tcfg = _tiny_clip_config(len(tok))
+    pipe = StableDiffusionXLPipeline(vae=_tiny_vae(), text_encoder=CLIPTextModel(tcfg),
+                                     text_encoder_2=CLIPTextModelWithProjection(tcfg), tokenizer=tok, tokenizer_2=tok,
+                                     unet=unet, scheduler=sd_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd15_pipeline(seed: int = 0):
+    """StableDiffusionPipeline with a tiny random UNet (text width 32), VAE and CLIP text encoder."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    pipe = StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=CLIPTextModel(_tiny_clip_config(len(tok))),
+                                   tokenizer=tok, unet=tiny_unet(tiny_sd15_unet_config(), seed),
+                                   scheduler=sd_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -61,7 +61,7 @@ class DMD2(Method):
         self.student = student if student is not None else role_copy(teacher, cfg.student_lora)
         self.critic = critic if critic is not None else role_copy(teacher, cfg.critic_lora)
         self.times = torch.tensor(cfg.student_times, dtype=torch.float64)
-        self.real_score = guided(self.teacher, cfg.guidance)
+        self._preview_cond: Cond | None = None     # text-conditioned students preview on the first batch's prompts
         self.gan = cfg.gan_student_weight > 0 or cfg.gan_critic_weight > 0
         if self.gan:        # before the trainer builds optimizers: the head trains with the critic's group
             attach_head(self.critic)
@@ -80,6 +80,8 @@ class DMD2(Method):
 
     def generate(self, batch: Batch, with_grad: bool) -> tuple[Tensor, int]:
         """The student's x0 at a random step k of its schedule, from its own rollout (backward simulation)."""
+        if self._preview_cond is None and batch.cond.text is not None:
+            self._preview_cond = batch.cond.map(lambda v: v.detach().cpu())
         k = int(shared_randint(0, len(self.times), device=batch.x0.device)) if len(self.times) > 1 else 0
         noise = torch.randn_like(batch.x0)
         student = self.role("student")       # the no-grad rollout needs no DDP wrapper
@@ -95,8 +97,8 @@ class DMD2(Method):
         t = self.teacher.schedule.sample_t(x_gen.shape[0], t_min=self.cfg.t_min, t_max=self.cfg.t_max,
                                            device=x_gen.device)
         x_t = self.teacher.schedule.add_noise(x_gen.detach(), torch.randn_like(x_gen), t)
-        with torch.no_grad():
-            real_x0 = self.real_score(x_t, t, batch.cond).x0
+        with torch.no_grad():   # teacher CFG; text teachers take the data's empty-prompt condition (batch.uncond)
+            real_x0 = guided(self.teacher, self.cfg.guidance, batch.uncond)(x_t, t, batch.cond).x0
             fake_x0 = self.critic(x_t, t, batch.cond).x0
         loss, logs = dmd_loss(x_gen, real_x0, fake_x0)
         out = {"student/dm": loss.detach(), "student/dm_grad_norm": logs["dm_grad_norm"], "student/k": torch.tensor(float(k))}
@@ -148,16 +150,24 @@ class DMD2(Method):
         student = self.export_model()
         gen = torch.Generator().manual_seed(seed)
         device = next(student.parameters()).device
+        cond = None
+        if self.num_classes:
+            cond = Cond(labels=(torch.arange(n) % self.num_classes).to(device))
+        elif self._preview_cond is not None:      # the prompts of the first training batch, repeated to n
+            n = min(n, 16)
+            repeat = torch.arange(n) % self._preview_cond.batch_size
+            cond = self._preview_cond.map(lambda v: v[repeat].to(device))
         noise = torch.randn(n, *student.data_shape, generator=gen).to(device)
-        cond = Cond(labels=(torch.arange(n) % self.num_classes).to(device)) if self.num_classes else None
         return few_step_sample(student, noise, self.times, cond)
 
     def export_model(self) -> DiffusionModel:
         return self.role("student")
 
     def sampling_info(self) -> dict:
+        schedule = self.teacher.schedule
+        timesteps = [round(float(m)) for m in schedule.model_time(self.times)]
         return {"sampler": "few_step", "steps": len(self.cfg.student_times), "times": list(self.cfg.student_times),
-                "guidance": 1.0, "num_classes": self.num_classes}
+                "timesteps": timesteps, "guidance": 1.0, "num_classes": self.num_classes}
 
 
 def _validate(cfg: DMD2Config) -> None:

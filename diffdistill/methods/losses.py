@@ -10,13 +10,24 @@ from ..models.base import Cond, DiffusionModel
 from ..schedule import Schedule
 
 
-def denoising_loss(model: DiffusionModel, schedule: Schedule, x0: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
+def denoising_loss(model: DiffusionModel, schedule: Schedule, x0: Tensor, t: Tensor, cond: Cond | None = None,
+                   noise_offset: float = 0.0) -> Tensor:
     """MSE to the target of the model's native parameterisation (eps, v, x0 or flow) at times ``t``.
 
     DDPM (Ho et al. 2020) for eps, rectified flow (Liu et al. 2023) for flow; the same call trains teachers and
     DMD critics ("fake score"). ``model`` may be a DDP wrapper, hence the explicit schedule. Shapes: x0 [B, ...]; t [B].
+
+    ``noise_offset`` > 0 adds one Gaussian constant per sample and channel to the noise (offset noise, Guttenberg
+    2023; SDXL trains with 0.0357). On a schedule whose terminal SNR is not zero (SD's scaled-linear table keeps
+    alpha(1) = 0.068), the mean of x_1 still carries the image's mean brightness, so a model sampled from pure noise
+    (mean 0) draws mid-grey images (Lin et al. 2024); a random offset makes that mean uninformative to the network.
     """
+    if noise_offset < 0:
+        raise ValueError(f"noise_offset must be >= 0, got {noise_offset}")
     eps = torch.randn_like(x0)
+    if noise_offset > 0:
+        eps = eps + noise_offset * torch.randn(*x0.shape[:2], *([1] * (x0.dim() - 2)), device=x0.device,
+                                               dtype=x0.dtype)
     x_t = schedule.add_noise(x0, eps, t)
     pred = model(x_t, t, cond)
     target = schedule.target(pred.kind, x0, eps, t)

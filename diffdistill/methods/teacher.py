@@ -27,6 +27,7 @@ class TeacherConfig:
     t_max: float = 1.0
     shifted: bool = False             # draw t through the schedule's time shift (flow models trained with a shift)
     cond_dropout: float = 0.1         # share of labels replaced by the null label, so CFG works at sampling time
+    noise_offset: float = 0.0         # offset noise (losses.denoising_loss): needed for dark/bright data on SD's table
     preview_steps: int = 50           # ODE steps for preview samples
     preview_guidance: float = 1.0     # standard-form CFG scale for previews (1 = no guidance)
     preview_spacing: Literal["leading", "trailing", "linspace"] = "trailing"
@@ -39,6 +40,8 @@ class Teacher(Method):
         super().__init__()
         if not 0.0 <= cfg.cond_dropout <= 1.0:
             raise ValueError(f"method.cond_dropout must lie in [0, 1], got {cfg.cond_dropout}")
+        if cfg.noise_offset < 0:
+            raise ValueError(f"method.noise_offset must be >= 0 (typical: 0.05-0.1), got {cfg.noise_offset}")
         self.cfg, self.model, self.num_classes = cfg, model, num_classes
         self.schedule = model.schedule
 
@@ -50,7 +53,7 @@ class Teacher(Method):
         x0, cond = batch.x0, self._dropout(batch.cond)
         t = self.schedule.sample_t(x0.shape[0], sampler=self.cfg.t_sampler, t_min=self.cfg.t_min,
                                    t_max=self.cfg.t_max, shifted=self.cfg.shifted, device=x0.device)
-        loss = denoising_loss(self.model, self.schedule, x0, t, cond)
+        loss = denoising_loss(self.model, self.schedule, x0, t, cond, noise_offset=self.cfg.noise_offset)
         return loss, {"model/denoise": loss.detach()}
 
     def _dropout(self, cond: Cond) -> Cond:

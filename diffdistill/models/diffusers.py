@@ -81,6 +81,8 @@ class _DiffusersAdapter(DiffusionModel):
     """What both adapters share: loading, schedule resolution, LoRA targets, diffusers-layout export."""
 
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")     # attention projections (names shared by UNet and Wan)
+    lora_pipeline_class: str        # the diffusers pipeline whose save_lora_weights writes our adapters
+    lora_prefix: str                # its keyword for this network ("unet" / "transformer")
     registry_kind: str
     network_class: str
     default_subfolder: str
@@ -120,26 +122,53 @@ class _DiffusersAdapter(DiffusionModel):
     def lora_network(self) -> nn.Module:
         return self.network
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, sampling: dict[str, Any] | None = None) -> None:
         """Write ``<subfolder>/`` (safetensors) and ``scheduler/scheduler_config.json`` in the diffusers layout.
 
-        LoRA layers injected by ``role_copy`` are merged into a copy first, so plain diffusers loads the export.
+        LoRA layers injected by ``role_copy`` are merged into a copy first, so plain diffusers loads the export; the
+        adapters alone are also written as ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights`` on
+        the base model. ``sampling`` (a method's ``sampling_info``) picks the scheduler a student needs.
         """
         import diffusers
 
         directory = Path(directory)
         _merged(self.network).save_pretrained(directory / self._export_subfolder, safe_serialization=True)
         (directory / "scheduler").mkdir(parents=True, exist_ok=True)
-        sched = {**self._scheduler_export(), "_diffusers_version": diffusers.__version__}
+        sched = {**self._scheduler_export(sampling or {}), "_diffusers_version": diffusers.__version__}
         (directory / "scheduler" / SCHEDULER_CONFIG).write_text(json.dumps(sched, indent=2))
+        self._save_lora(directory)
 
-    def _scheduler_export(self) -> dict[str, Any]:
+    def _save_lora(self, directory: Path) -> None:
+        """The peft adapters in diffusers' LoRA format (with their rank/alpha metadata), if there are any."""
+        from peft import get_peft_model_state_dict
+
+        config = getattr(self.network, "peft_config", None)
+        if not config:
+            return
+        import diffusers
+
+        pipeline = getattr(diffusers, self.lora_pipeline_class)
+        name = next(iter(config))
+        layers = get_peft_model_state_dict(self.network, adapter_name=name)
+        pipeline.save_lora_weights(directory, safe_serialization=True,
+                                   **{f"{self.lora_prefix}_lora_layers": layers,
+                                      f"{self.lora_prefix}_lora_adapter_metadata": config[name].to_dict()})
+
+    def _scheduler_export(self, sampling: dict[str, Any]) -> dict[str, Any]:
         s = self.schedule_cfg
         if s is None:       # not expressible as a ScheduleConfig: keep the teacher's scheduler config verbatim
             out = dict(self._scheduler_source or {})
         elif s.kind == "flow":
             out = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": s.num_train_timesteps,
                    "shift": s.shift, "use_dynamic_shifting": False}
+        elif sampling.get("sampler") == "few_step":
+            # a few-step student predicts x0 and re-noises with fresh noise: LCMScheduler's step (its c_skip is
+            # < 1e-7 at timesteps >= 249 with timestep_scaling 10); call the pipeline with timesteps=[...] written
+            # in diffdistill.json's sampling.timesteps and guidance_scale 0 (DMD2's README does the same)
+            out = {"_class_name": "LCMScheduler", "num_train_timesteps": s.num_train_timesteps,
+                   "beta_schedule": s.beta_schedule, "beta_start": s.beta_start, "beta_end": s.beta_end,
+                   "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0, "timestep_scaling": 10.0,
+                   "original_inference_steps": 50, "timestep_spacing": "trailing"}
         else:   # DDIM with the grid our ode_sample uses by default: trailing, last step returns x0, no clipping
             out = {"_class_name": "DDIMScheduler", "num_train_timesteps": s.num_train_timesteps,
                    "beta_schedule": s.beta_schedule, "beta_start": s.beta_start, "beta_end": s.beta_end,
@@ -173,6 +202,7 @@ class DiffusersUNet(_DiffusersAdapter):
     """
 
     registry_kind, network_class, default_subfolder = "unet", "UNet2DConditionModel", "unet"
+    lora_pipeline_class, lora_prefix = "StableDiffusionXLPipeline", "unet"     # SD1.5 reads the same LoRA format
 
     def __init__(self, cfg: UNetConfig | None = None) -> None:
         super().__init__()
@@ -265,9 +295,9 @@ class DiffusersUNet(_DiffusersAdapter):
                          "text=..., pooled=..., time_ids=...)) holding the empty-prompt embedding from the same text "
                          "encoders (SDXL's pipeline uses zeros instead when force_zeros_for_empty_prompt is set)")
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, sampling: dict[str, Any] | None = None) -> None:
         """diffusers layout (``unet/``, ``scheduler/``) plus ``class_tokens.safetensors`` when class tokens are used."""
-        super().save_pretrained(directory)
+        super().save_pretrained(directory, sampling)
         if self.class_embed is not None:
             from safetensors.torch import save_file
 
@@ -282,6 +312,7 @@ class DiffusersWan(_DiffusersAdapter):
     """
 
     registry_kind, network_class, default_subfolder = "wan", "WanTransformer3DModel", "transformer"
+    lora_pipeline_class, lora_prefix = "WanPipeline", "transformer"
 
     def __init__(self, cfg: WanConfig | None = None) -> None:
         super().__init__()

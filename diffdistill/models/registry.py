@@ -60,8 +60,8 @@ def save_model(model: DiffusionModel, directory: str | Path, extra: dict[str, An
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     writer = getattr(model, "save_pretrained", None)
-    if writer is not None:
-        writer(directory)
+    if writer is not None:      # adapters: the diffusers layout, with the scheduler the sampling settings need
+        writer(directory, (extra or {}).get("sampling"))
     else:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, directory / WEIGHTS, metadata={"diffdistill": json.dumps(model.export_config())})
