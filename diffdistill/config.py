@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
 from pathlib import Path
@@ -56,6 +57,27 @@ def _suggest(key: str, valid: list[str]) -> str:
 def unknown_key_error(path: str, key: str, valid: list[str]) -> ConfigError:
     where = f"{path}.{key}" if path else key
     return ConfigError(f"unknown key {where!r}.{_suggest(key, valid)} Valid keys here: {', '.join(sorted(valid))}")
+
+
+def registry_entry(table: Mapping[str, tuple[str, str, str]], selector: str, name: str, path: str) -> tuple[type, Any]:
+    """(config class, factory) of entry ``name`` in a lazy registry ``{name: (module, config class, factory)}``.
+
+    Modules are imported on use, so optional dependencies (diffusers, ...) load only for the entries a recipe names.
+    An unknown name raises the unknown-key error listing ``selector=<name>`` for every entry.
+    """
+    if name not in table:
+        raise unknown_key_error(path, f"{selector}={name}", [f"{selector}={k}" for k in table])
+    module, cfg_name, factory = table[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, cfg_name), getattr(mod, factory)
+
+
+def typed_section(table: Mapping[str, tuple[str, str, str]], selector: str, spec: Any, path: str) -> tuple[str, Any]:
+    """Validate a ``{<selector>: name, **fields}`` recipe section against its registry; returns (name, config)."""
+    if not isinstance(spec, dict) or selector not in spec:
+        raise ConfigError(f"{path} needs a `{selector}`: one of {', '.join(table)}")
+    cfg_cls, _ = registry_entry(table, selector, spec[selector], path)
+    return spec[selector], from_dict(cfg_cls, {k: v for k, v in spec.items() if k != selector}, path)
 
 
 def from_dict(cls: type, data: Mapping[str, Any] | None, path: str = "") -> Any:

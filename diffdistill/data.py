@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib
 import os
 import urllib.request
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ConfigError, from_dict, unknown_key_error
+from .config import registry_entry, typed_section
 from .models.base import Cond
 from .models.toy import GaussianMixture, MixtureConfig
 
@@ -205,22 +204,11 @@ DATASETS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _dataset(name: str) -> tuple[type, Any]:
-    module, cfg_name, factory = DATASETS[name]
-    mod = importlib.import_module(module)
-    return getattr(mod, cfg_name), getattr(mod, factory)
-
-
 def data_config(spec: dict[str, Any], path: str = "data") -> tuple[str, Any]:
     """Validate a ``{name: ..., **fields}`` data section; returns (name, config dataclass)."""
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(f"{path} needs a `name`: one of {', '.join(DATASETS)}")
-    if spec["name"] not in DATASETS:
-        raise unknown_key_error(path, f"name={spec['name']}", [f"name={k}" for k in DATASETS])
-    cfg_cls, _ = _dataset(spec["name"])
-    return spec["name"], from_dict(cfg_cls, {k: v for k, v in spec.items() if k != "name"}, path)
+    return typed_section(DATASETS, "name", spec, path)
 
 
 def build_stream(spec: dict[str, Any], batch_size: int, seed: int, rank: int, world: int = 1) -> DataStream:
     name, cfg = data_config(spec)
-    return _dataset(name)[1](cfg, batch_size, seed, rank, world)
+    return registry_entry(DATASETS, "name", name, "data")[1](cfg, batch_size, seed, rank, world)

@@ -6,8 +6,8 @@ Images come with captions either in ``metadata.jsonl`` (one ``{"file_name": ...,
 Hugging Face imagefolder layout) or as a ``<image stem>.txt`` beside each image. Each image is resized so its short
 side is ``resolution`` and centre-cropped (SDXL's size and crop conditioning, Podell et al. 2023 sec. 2.2, records
 both in ``time_ids``); the pipeline's own VAE and text encoders do the encoding, so the latents and embeddings are
-exactly what its UNet was trained on. The unconditional condition follows the pipeline: zeros where it sets
-``force_zeros_for_empty_prompt`` (SDXL), else the encoded empty prompt (SD1.5).
+exactly what its UNet was trained on (models/diffusers.PipelineEncoder). The unconditional condition follows the
+pipeline: zeros where it sets ``force_zeros_for_empty_prompt`` (SDXL), else the encoded empty prompt (SD1.5).
 """
 
 from __future__ import annotations
@@ -67,67 +67,19 @@ def resize_center_crop(path: Path, resolution: int) -> tuple[Tensor, list[float]
     return pixels, [float(h), float(w), float(top), float(left), float(resolution), float(resolution)]
 
 
-def _load_pipeline(folder: str | Path, device: str, dtype: torch.dtype):
-    from diffusers import DiffusionPipeline
-
-    folder = Path(folder).expanduser()
-    if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"--pipeline {str(folder)!r} is not a diffusers pipeline folder (no model_index.json); "
-                                "download one first, e.g. `hf download stabilityai/stable-diffusion-xl-base-1.0 "
-                                "--local-dir models/sdxl-base`")
-    # the UNet is not needed to encode: skip loading it (several GB for SDXL)
-    pipe = DiffusionPipeline.from_pretrained(folder, unet=None, local_files_only=True, use_safetensors=True)
-    pipe.vae.to(device, dtype)
-    for name in ("text_encoder", "text_encoder_2"):
-        if getattr(pipe, name, None) is not None:
-            getattr(pipe, name).to(device)
-    return pipe
-
-
-def _encode_text(pipe, prompts: list[str], device: str) -> dict[str, Tensor]:
-    """{text [B, L, D]} (+ {pooled [B, Dp]} for SDXL) from the pipeline's own encode_prompt."""
-    with torch.no_grad():
-        if getattr(pipe, "text_encoder_2", None) is not None:      # SDXL: two encoders, pooled output
-            text, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
-                                                    do_classifier_free_guidance=False)
-            return {"text": text.float().cpu(), "pooled": pooled.float().cpu()}
-        text, _ = pipe.encode_prompt(prompts, device, 1, False)
-        return {"text": text.float().cpu()}
-
-
-def _null_condition(pipe, device: str) -> dict[str, Tensor]:
-    empty = _encode_text(pipe, [""], device)
-    if getattr(pipe.config, "force_zeros_for_empty_prompt", False):   # SDXL: zeroed text and pooled (DMD2 too)
-        return {k: torch.zeros_like(v) for k, v in empty.items()}
-    return empty
-
-
-def _encode_images(pipe, pixels: Tensor, generator: torch.Generator) -> Tensor:
-    vae = pipe.vae
-    with torch.no_grad():
-        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        latents = dist.sample(generator=generator).float()
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((latents - shift) * vae.config.scaling_factor).cpu()
-
-
 def encode_folder(pipeline: str | Path, images: str | Path, out: str | Path, resolution: int | None = None,
                   batch_size: int = 8, shard_size: int = 1000, device: str = "cpu", vae_dtype: str = "float32",
                   seed: int = 0) -> Path:
     """Write the latents folder for ``images`` (see the module docstring); returns ``out``."""
     from safetensors.torch import save_file
 
+    from .models.diffusers import PipelineEncoder
+
     pairs = captioned_images(images)
-    pipe = _load_pipeline(pipeline, device, getattr(torch, vae_dtype))
-    if resolution is None:
-        unet_config = Path(pipeline).expanduser() / "unet" / "config.json"
-        sample = json.loads(unet_config.read_text())["sample_size"] if unet_config.is_file() else None
-        if sample is None:
-            raise ValueError("pass --resolution (the pipeline folder has no unet/config.json to read it from)")
-        resolution = int(sample) * pipe.vae_scale_factor
+    encoder = PipelineEncoder(pipeline, device, getattr(torch, vae_dtype))
+    resolution = resolution or encoder.default_resolution()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sdxl = getattr(pipe, "text_encoder_2", None) is not None
     generator = torch.Generator(device).manual_seed(seed)
     shards, buffer = [], {"latents": [], "text": [], "pooled": [], "time_ids": []}
 
@@ -143,16 +95,16 @@ def encode_folder(pipeline: str | Path, images: str | Path, out: str | Path, res
     for start in tqdm(range(0, len(pairs), batch_size), desc="encode", unit="batch"):
         chunk = pairs[start:start + batch_size]
         pixels, ids = zip(*(resize_center_crop(path, resolution) for path, _ in chunk))
-        buffer["latents"].append(_encode_images(pipe, torch.stack(pixels), generator))
-        for key, value in _encode_text(pipe, [caption for _, caption in chunk], device).items():
+        buffer["latents"].append(encoder.images(torch.stack(pixels), generator))
+        for key, value in encoder.text([caption for _, caption in chunk]).items():
             buffer[key].append(value)
-        if sdxl:
+        if encoder.sdxl:
             buffer["time_ids"].append(torch.tensor(ids))
         if sum(len(x) for x in buffer["latents"]) >= shard_size:
             flush()
     flush()
-    save_file({k: v.contiguous() for k, v in _null_condition(pipe, device).items()}, str(out / NULL))
+    save_file({k: v.contiguous() for k, v in encoder.null().items()}, str(out / NULL))
     meta = {"format": 1, "count": len(pairs), "shards": shards, "pipeline": str(pipeline), "resolution": resolution,
-            "images": str(images), "vae_scaling_factor": pipe.vae.config.scaling_factor}
+            "images": str(images), "vae_scaling_factor": encoder.scaling_factor}
     (out / META).write_text(json.dumps(meta, indent=2))
     return out

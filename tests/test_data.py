@@ -48,9 +48,11 @@ def test_fmnist_stream_ranks_partition_each_global_batch_and_resume_exactly():
     b0, b1 = r0.next(), r1.next()
     assert b0.x0.shape == (50, 1, 32, 32) and b0.cond.labels.shape == (50,)
     assert not set(b0.index.tolist()) & set(b1.index.tolist())
-    epoch = [r0.next().index for _ in range(r0.per_epoch - 1)]
+    per_epoch = 10_000 // (50 * 2)
+    epoch = [r0.next().index for _ in range(per_epoch - 1)]
     seen = torch.cat([b0.index, *epoch])
-    assert len(seen.unique()) == len(seen) == 50 * r0.per_epoch                # no repeats inside an epoch
+    assert len(seen.unique()) == len(seen) == 50 * per_epoch                   # no repeats inside an epoch
+    assert len(set(r0.next().index.tolist()) & set(seen.tolist())) > 0         # the next epoch draws them again
     again = FashionMNISTStream(cfg, 50, seed=1, rank=0, world=2)
     again.position = 3
     r0.position = 3

@@ -23,7 +23,11 @@ def test_shipped_teacher_draws_the_requested_classes():
     _, logits = FMNISTEvaluator().features_and_logits(images)
     predicted = logits.argmax(1)
     shuffled = labels[torch.randperm(20, generator=torch.Generator().manual_seed(1))]
-    # This CPU teacher scores 0.60 here (0.20 against shuffled labels): its grey backgrounds (SD's non-zero terminal
-    # SNR, README "Results") fool the evaluator. B1 asks >= 0.85 of the next teacher; this guards against regressions.
+    # B1 asks >= 0.85 of the teacher at 50 steps; 20 steps on 20 images must not be far below it. (The plain teacher
+    # before the offset-noise stage scored 0.60 here: grey backgrounds, README "Results".)
     accuracy = (predicted == labels).double().mean()
-    assert accuracy >= 0.45 and accuracy >= (predicted == shuffled).double().mean() + 0.2
+    assert accuracy >= 0.8 and accuracy >= (predicted == shuffled).double().mean() + 0.5
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[2:30, 2:30] = False
+    assert images[:, 0][:, border].mean() < -0.9           # black padding border, as in the data (exactly -1)
+    assert [s.get("noise_offset", 0.0) for s in card["stages"]] == [0.0, 0.1]

@@ -8,7 +8,6 @@ it directly. Weights are only ever read through safetensors.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import ConfigError, from_dict, to_dict, unknown_key_error
+from ..config import registry_entry, to_dict, typed_section
 from .base import DiffusionModel
 
 # kind -> (module, config class, wrapper class). Modules are imported on use, so diffusers stays lazy.
@@ -32,20 +31,12 @@ WEIGHTS = "model.safetensors"
 
 
 def _entry(kind: str, path: str) -> tuple[type, type]:
-    if kind not in MODEL_KINDS:
-        raise unknown_key_error(path, f"kind={kind}", [f"kind={k}" for k in MODEL_KINDS])
-    module, cfg_name, cls_name = MODEL_KINDS[kind]
-    mod = importlib.import_module(module)
-    return getattr(mod, cfg_name), getattr(mod, cls_name)
+    return registry_entry(MODEL_KINDS, "kind", kind, path)
 
 
 def model_config(spec: dict[str, Any], path: str = "model") -> tuple[str, Any]:
     """Validate a ``{kind: ..., **fields}`` mapping; returns (kind, config dataclass)."""
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise ConfigError(f"{path} needs a `kind`: one of {', '.join(MODEL_KINDS)}")
-    kind = spec["kind"]
-    cfg_cls, _ = _entry(kind, path)
-    return kind, from_dict(cfg_cls, {k: v for k, v in spec.items() if k != "kind"}, path)
+    return typed_section(MODEL_KINDS, "kind", spec, path)
 
 
 def build_model(spec: dict[str, Any], path: str = "model") -> DiffusionModel:

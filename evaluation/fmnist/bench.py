@@ -25,16 +25,17 @@ from diffdistill.sampling import few_step_sample, ode_sample
 from diffdistill.visual import save_samples
 
 
-def sample_setting(model, steps: int, n: int, guidance: float, sampler: str, spacing: str, batch: int,
+def sample_setting(model, ts, n: int, guidance: float, sampler: str, batch: int,
                    seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Class-balanced samples (labels 0..9 repeating) and the sampling wall time in seconds."""
+    """Class-balanced samples (labels 0..9 repeating) on times ``ts`` and the sampling wall time in seconds.
+
+    ``sampler``: "ode" (DDIM/Euler, teachers) or "few_step" (x0 + fresh-noise re-noising, distilled students)."""
     labels = torch.arange(n) % 10
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, *model.data_shape, generator=gen)
     net = guided(model, guidance)
-    ts = model.schedule.step_grid(steps, spacing)
     out, seconds = [], 0.0
-    for i in tqdm(range(0, n, batch), desc=f"{steps} steps", leave=False):
+    for i in tqdm(range(0, n, batch), desc=f"{len(ts)} steps", leave=False):
         cond = Cond(labels=labels[i:i + batch])
         start = time.perf_counter()
         with torch.no_grad():
@@ -77,8 +78,8 @@ def main() -> None:
               "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
     rows: list[dict] = []
     for steps in tqdm(order, desc="settings"):
-        images, labels, seconds = sample_setting(model, steps, args.n, args.guidance, args.sampler, args.spacing,
-                                                 args.batch, args.seed)
+        images, labels, seconds = sample_setting(model, model.schedule.step_grid(steps, args.spacing), args.n,
+                                                 args.guidance, args.sampler, args.batch, args.seed)
         scores = evaluator.score(images, labels)
         nfe = steps * (2 if args.guidance != 1.0 else 1)
         rows.append({"steps": steps, "nfe": nfe, **scores.as_dict(), "seconds": seconds, "images_per_s": args.n / seconds})

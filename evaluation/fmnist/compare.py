@@ -1,0 +1,108 @@
+"""Benchmark B1 for distilled students: each student against the teacher's reference setting, in one run.
+
+    python evaluation/fmnist/compare.py --teacher diffdistill/assets/fmnist/teacher \
+        --student dmd2-1step=runs/dmd2-fmnist-1step --student dmd2-4step=runs/dmd2-fmnist-4step --n 10000
+
+Rows: the teacher at ``--teacher-steps`` (DDIM trailing, CFG ``--guidance``) and every student on its own fixed times
+(few-step sampler, no CFG: the guidance is distilled in), each with FID-FMNIST, class accuracy, diversity, NFE,
+images/s ratio to the teacher row (measured in this run), and the student's training steps and wall time (read
+from its run's metrics.jsonl). ``--teacher-steps 0`` skips the teacher row (the ratio column is then empty).
+Writes <out>/<name>.json, <name>.md and one class-row grid per student.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+from bench import class_rows, sample_setting
+
+from diffdistill.metrics.fmnist import FMNISTEvaluator
+from diffdistill.models.registry import find_export, load_model, read_export_meta
+from diffdistill.visual import save_samples
+
+
+def run_stats(export: Path) -> dict:
+    """Training steps and wall time of the run that wrote ``export`` (its last metrics.jsonl line)."""
+    log = export.parent / "metrics.jsonl"
+    meta = read_export_meta(export)
+    stats = {"trained_steps": meta.get("trained_steps"), "train_seconds": None}
+    if log.is_file():
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if lines:
+            stats["train_seconds"] = lines[-1].get("time_s")     # seconds since the (last) launch
+    return stats
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", default="diffdistill/assets/fmnist/teacher")
+    p.add_argument("--teacher-steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=3.0, help="the teacher's standard-form CFG scale")
+    p.add_argument("--student", action="append", default=[], metavar="NAME=PATH", help="a run dir or export dir")
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--teacher-n", type=int, default=None,
+                   help="samples for the teacher row (default --n); fewer keeps a CPU run short, its FID is then "
+                        "not comparable and the row says so")
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="students")
+    p.add_argument("--out", default="evaluation/results/fmnist")
+    args = p.parse_args()
+    students = []
+    for item in args.student:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--student {item!r}: expected NAME=PATH")
+        students.append((name, find_export(path)))
+    if not students:
+        raise SystemExit("pass at least one --student NAME=PATH")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluator = FMNISTEvaluator()
+    rows = []
+    if args.teacher_steps > 0:
+        teacher = load_model(find_export(args.teacher)).eval()
+        n_teacher = args.teacher_n or args.n
+        images, labels, seconds = sample_setting(teacher, teacher.schedule.step_grid(args.teacher_steps), n_teacher,
+                                                 args.guidance, "ode", args.batch, args.seed)
+        rows.append({"name": f"teacher {args.teacher_steps} steps", "steps": args.teacher_steps,
+                     "nfe": args.teacher_steps * (2 if args.guidance != 1 else 1),
+                     **evaluator.score(images, labels).as_dict(), "images_per_s": n_teacher / seconds})
+    for name, export in students:
+        model = load_model(export).eval()
+        sampling = read_export_meta(export).get("sampling", {})
+        if sampling.get("sampler") != "few_step":
+            raise SystemExit(f"{export} is not a few-step student (sampling: {sampling}); use bench.py for teachers")
+        times = sampling["times"]
+        images, labels, seconds = sample_setting(model, times, args.n, 1.0, "few_step", args.batch, args.seed)
+        rows.append({"name": name, "steps": len(times), "nfe": len(times), **evaluator.score(images, labels).as_dict(),
+                     "images_per_s": args.n / seconds, **run_stats(export)})
+        save_samples(class_rows(images, labels), out / f"{args.name}_{name}.png")
+    reference = rows[0]["images_per_s"] if args.teacher_steps > 0 else None
+    for row in rows:
+        row["speed_ratio_vs_teacher"] = row["images_per_s"] / reference if reference else None
+    result = {"teacher": args.teacher, "guidance": args.guidance, "n": args.n, "seed": args.seed,
+              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+              "rows": rows}
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    teacher_n = f" (teacher row: N = {rows[0]['n']})" if args.teacher_steps > 0 else ""
+    lines = [f"{args.name}: N = {args.n}{teacher_n}; teacher CFG {args.guidance} (standard form); students without "
+             "CFG; speed ratios measured in the same run", "",
+             "| model | steps | NFE | FID-FMNIST | class accuracy | diversity | images/s ratio | train steps "
+             "| train time |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r['speed_ratio_vs_teacher']:.1f}x" if r["speed_ratio_vs_teacher"] else "-"
+        wall = f"{r['train_seconds']:.0f} s" if r.get("train_seconds") else "-"
+        lines.append(f"| {r['name']} | {r['steps']} | {r['nfe']} | {r['fid_fmnist']:.2f} | {r['class_accuracy']:.3f} | "
+                     f"{r['diversity']:.2f} | {ratio} | {r.get('trained_steps') or '-'} | {wall} |")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
