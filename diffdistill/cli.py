@@ -1,11 +1,13 @@
-"""Command line: ``diffdistill train | sample | export | encode | ls | validate``.
+"""Command line: ``diffdistill train | sample | export | encode | ls | validate | eval | demo``.
 
     diffdistill train recipes/toy/teacher_gmm2d.yaml trainer.max_steps=200     # key=value overrides
     diffdistill sample runs/toy-teacher --steps 4                              # a run dir or an export dir
     diffdistill export runs/toy-teacher                                        # newest checkpoint -> export/
     diffdistill encode --pipeline models/sdxl-base --images data/captioned --out data/sdxl-latents
     diffdistill validate recipes/toy/teacher_gmm2d.yaml
+    diffdistill eval --checkpoint runs/dmd2-fmnist-1step --features fmnist --n 10000   # FID/KID/PR, JSON
     diffdistill ls
+    diffdistill demo runs/dmd2-fmnist-quick --port 7860                       # Gradio: student vs teacher
 
 Multi-GPU: ``accelerate launch -m diffdistill.cli train RECIPE`` (accelerate's own launcher and config files).
 """
@@ -30,6 +32,9 @@ EXIT_BAD_INPUT = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:        # the demo parses its own options (demos/gradio_sampler.py)
+        return cmd_demo(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -82,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
     v.set_defaults(func=cmd_validate)
+
+    sub.add_parser("demo", add_help=False, help="Gradio sampler: a student next to its teacher, timed "
+                   "(`diffdistill demo --help`; needs the [demo] extra)")
+
+    from .evaluate import add_parsers as add_eval_parsers      # eval, eval ref
+    add_eval_parsers(sub)
 
     ls = sub.add_parser("ls", help="list shipped recipes, methods, models and datasets")
     ls.set_defaults(func=cmd_ls)
@@ -201,6 +212,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    """Run demos/gradio_sampler.py, found next to the package (a source checkout) or in the working directory.
+
+    The demo lives outside the package because gradio is imported only in demos/ (DESIGN.md), so it is loaded by
+    path rather than imported."""
+    import importlib.util
+
+    roots = dict.fromkeys([Path(__file__).resolve().parents[1], Path.cwd()])
+    script = next((r / "demos" / "gradio_sampler.py" for r in roots if (r / "demos" / "gradio_sampler.py").is_file()),
+                  None)
+    if script is None:
+        print("error: demos/gradio_sampler.py not found; run from a source checkout of diffdistill "
+              "(pip install -e '.[demo]')", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    spec = importlib.util.spec_from_file_location("diffdistill_gradio_sampler", script)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo.main(argv)
 
 
 def _recipe_roots() -> list[Path]:

@@ -56,3 +56,18 @@ def _grid(images: Tensor, path: Path, columns: int) -> Path:
     pixels = ((canvas.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
     return path
+
+
+def to_pil(images: Tensor, min_side: int = 0) -> list:
+    """Images [B, C, H, W] in [-1, 1] -> a list of PIL images (grey for C = 1, RGB for C = 3), enlarged by a whole
+    factor with nearest-neighbour pixels to at least ``min_side``: 32-pixel samples stay crisp in a browser, which
+    would otherwise smooth them when it scales them up."""
+    from PIL import Image
+
+    images = images.detach().float().cpu()
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images [B, 1 or 3, H, W], got {list(images.shape)}")
+    factor = max(1, -(-min_side // min(images.shape[-2:])))       # ceil division
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte()
+    pixels = pixels.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]

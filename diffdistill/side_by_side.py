@@ -1,0 +1,285 @@
+"""A distilled student and its teacher sampled side by side from the same noise, with timings (the demo's engine).
+
+:class:`SideBySide` loads a student export (and optionally a teacher export) once, keeps both on one device, and
+turns a :class:`Request` (class or prompt, step counts, guidance, seed, number of images) into a :class:`Comparison`:
+images of both models plus ms per image, NFE and the student's speed-up measured in the same call. It holds no UI:
+``demos/gradio_sampler.py`` draws it with Gradio (gradio is imported only in ``demos/``, DESIGN.md).
+
+Step choices come from each export's ``sampling`` meta (written by the method's ``sampling_info``): a distilled
+student (``sampler: few_step``) offers only its distilled step count, because its times are the ones it was trained
+on; a teacher (``sampler: ode``) offers a few DDIM step counts. Guidance applies to ODE models only: distilled
+students bake CFG in (DMD2 distils the teacher's guided score) and sample at guidance 1.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from .data import FMNIST_CLASSES
+from .models.base import Cond, DiffusionModel, guided
+from .models.registry import find_export, load_model, read_export_meta
+from .sampling import few_step_sample, ode_sample
+
+ASSETS = Path(__file__).resolve().parent / "assets" / "fmnist"
+DEFAULT_STUDENT = ASSETS / "dmd2_1step"
+DEFAULT_TEACHER = ASSETS / "teacher"
+TEACHER_STEPS = (50, 25, 10)        # DDIM step counts offered for ODE models, besides their export's own
+MAX_IMAGES = 16
+MAX_SEED = 2**31 - 1
+HOW_TO_GET_A_STUDENT = ("train one with `diffdistill train recipes/dmd2/fmnist_1step_quick.yaml` and pass its run "
+                        "directory (or the run's export/ folder)")
+Conditioning = Literal["class", "text"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One click of the demo. ``label`` None = one image of each class in turn; steps None = the model's default;
+    ``guidance`` (teacher CFG, standard form ``uncond + w (cond - uncond)``) None = its export's setting."""
+
+    label: int | None = None
+    prompt: str = ""
+    student_steps: int | None = None
+    teacher_steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = 0            # None = draw a random seed (returned in Comparison.seed)
+    n: int = 4
+
+
+@dataclass
+class Result:
+    """One model's images and timing. Shapes: images [n, C, H, W] in [-1, 1] (pixels; latents are decoded)."""
+
+    images: Tensor
+    seconds: float                  # sampling (+ VAE decode) wall time for the whole batch
+    steps: int
+    nfe: int                        # network evaluations per image: steps x 2 with CFG (cond + uncond)
+    guidance: float
+
+    @property
+    def ms_per_image(self) -> float:
+        return 1000.0 * self.seconds / self.images.shape[0]
+
+
+@dataclass
+class Comparison:
+    seed: int
+    student: Result
+    teacher: Result | None
+
+    @property
+    def speedup(self) -> float | None:
+        """Teacher ms per image / student ms per image, both measured in the same call."""
+        if self.teacher is None:
+            return None
+        return self.teacher.ms_per_image / max(self.student.ms_per_image, 1e-9)
+
+    def timings(self) -> dict:
+        """Plain numbers for the UI and API clients."""
+        out: dict = {"seed": self.seed, "speedup": self.speedup}
+        for name, r in (("student", self.student), ("teacher", self.teacher)):
+            out[name] = None if r is None else {"steps": r.steps, "nfe": r.nfe, "guidance": r.guidance,
+                                                "ms_per_image": r.ms_per_image, "total_ms": 1000.0 * r.seconds,
+                                                "images": int(r.images.shape[0])}
+        return out
+
+
+class LoadedModel:
+    """One exported model on its device, with what its export says about sampling it."""
+
+    def __init__(self, path: str | Path, device: torch.device) -> None:
+        self.directory = find_export(path)
+        meta = read_export_meta(self.directory)
+        kind = meta.get("model", {}).get("kind")
+        if kind != "unet":
+            what = "video models arrive with the video tab" if kind == "wan" else "use `diffdistill sample` for it"
+            raise ValueError(f"{str(self.directory)!r} holds a {kind!r} model; the demo samples image UNets "
+                             f"({what})")
+        self.sampling: dict = meta.get("sampling", {})
+        self.sampler: str = self.sampling.get("sampler", "ode")
+        if self.sampler == "few_step" and not self.sampling.get("times"):
+            raise ValueError(f"{str(self.directory)!r} is a few-step student without sampling.times in its "
+                             "diffdistill.json; re-export its run with `diffdistill export RUN`")
+        self.num_classes = int(self.sampling.get("num_classes", meta["model"].get("num_classes", 0)))
+        self.conditioning: Conditioning = "class" if self.num_classes else "text"
+        dataset = meta.get("run_config", {}).get("data", {}).get("name")
+        self.class_names = (list(FMNIST_CLASSES) if dataset == "fmnist" and self.num_classes == len(FMNIST_CLASSES)
+                            else [f"class {i}" for i in range(self.num_classes)])
+        self.pipeline = meta.get("run_config", {}).get("model", {}).get("pretrained")    # text models: VAE, encoders
+        self.model: DiffusionModel = load_model(self.directory).to(device).eval().requires_grad_(False)
+
+    @property
+    def distilled(self) -> bool:
+        return self.sampler == "few_step"
+
+    @property
+    def step_choices(self) -> list[int]:
+        if self.distilled:      # only the trained schedule: other step counts are off the distribution it learned
+            return [len(self.sampling["times"])]
+        return sorted({int(self.sampling.get("steps", TEACHER_STEPS[0])), *TEACHER_STEPS}, reverse=True)
+
+    @property
+    def default_steps(self) -> int:
+        return self.step_choices[0] if self.distilled else int(self.sampling.get("steps", TEACHER_STEPS[0]))
+
+    @property
+    def default_guidance(self) -> float:
+        return float(self.sampling.get("guidance", 1.0))
+
+    def times(self, steps: int) -> Sequence[float]:
+        if self.distilled:
+            return self.sampling["times"]
+        return self.model.schedule.step_grid(steps, self.sampling.get("spacing", "trailing"))
+
+    def sample(self, noise: Tensor, cond: Cond, steps: int, guidance: float, uncond: Cond | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Shapes: noise [B, C, H, W] -> x0 [B, C, H, W] (pixels or latents, as the model works)."""
+        net = guided(self.model, guidance, uncond)
+        if self.distilled:
+            return few_step_sample(net, noise, self.times(steps), cond, generator=generator)
+        return ode_sample(net, noise, self.times(steps), cond)
+
+
+class PromptConditioner:
+    """Text conditioning and latent decoding through a diffusers SD / SDXL pipeline folder (its encoders and VAE)."""
+
+    def __init__(self, folder: str | Path, device: torch.device) -> None:
+        from .models.diffusers import PipelineEncoder     # needs diffusers: only text models get here
+
+        self.encoder = PipelineEncoder(folder, str(device))
+        self.device = device
+
+    def conds(self, prompt: str, n: int, latent_shape: Sequence[int]) -> tuple[Cond, Cond]:
+        """(cond, uncond) for ``n`` images of ``prompt``; SDXL also gets its size/crop time ids."""
+        fields, null = self.encoder.text([prompt]), self.encoder.null()
+        if "pooled" in fields:      # SDXL: original size, crop top-left, target size, in pixels (shared by both)
+            h, w = (s * self.encoder.pipe.vae_scale_factor for s in latent_shape[-2:])
+            ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
+            fields, null = {**fields, "time_ids": ids}, {**null, "time_ids": ids}
+
+        def batch(f: dict[str, Tensor]) -> Cond:
+            return Cond(**{k: v.expand(n, *v.shape[1:]).to(self.device) for k, v in f.items()})
+
+        return batch(fields), batch(null)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Scaled latents [B, c, h, w] -> pixels [B, 3, H, W] in [-1, 1] (inverse of PipelineEncoder.images)."""
+        vae = self.encoder.pipe.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = latents / self.encoder.scaling_factor + shift
+        return vae.decode(z.to(vae.dtype)).sample.float().clamp(-1, 1)
+
+
+class SideBySide:
+    """Holds a student and an optional teacher on ``device`` and samples both per :class:`Request`."""
+
+    def __init__(self, student: str | Path, teacher: str | Path | None = None, device: str | None = None,
+                 pipeline: str | Path | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._pipeline_arg = pipeline
+        self.student, self.teacher, self.prompts = self._load(student, teacher)
+
+    def load(self, student: str | Path, teacher: str | Path | None = None) -> None:
+        """Swap in other checkpoints; on any error the models held so far stay in place."""
+        self.student, self.teacher, self.prompts = self._load(student, teacher)
+
+    def _load(self, student: str | Path,
+              teacher: str | Path | None) -> tuple[LoadedModel, LoadedModel | None, PromptConditioner | None]:
+        s = LoadedModel(student, self.device)
+        t = LoadedModel(teacher, self.device) if teacher else None
+        if t is not None and (t.conditioning, t.num_classes) != (s.conditioning, s.num_classes):
+            raise ValueError(f"teacher {str(t.directory)!r} ({_describe(t)}) and student {str(s.directory)!r} "
+                             f"({_describe(s)}) take different conditions; pick a matching pair")
+        prompts = None
+        if s.conditioning == "text":
+            folder = self._pipeline_arg or s.pipeline
+            if not folder or not (Path(folder) / "model_index.json").is_file():
+                raise ValueError(f"{str(s.directory)!r} is a text model: its prompts need the text encoders and VAE "
+                                 f"of a diffusers SD/SDXL pipeline folder (got {folder!r}); pass --pipeline")
+            prompts = PromptConditioner(folder, self.device)
+        probe = (prompts.conds("warm-up", 1, s.model.data_shape)[0] if prompts is not None
+                 else Cond(labels=torch.zeros(1, dtype=torch.long, device=self.device)))
+        for m in (s, t):
+            if m is not None:
+                _warm_up(m, probe)
+        return s, t, prompts
+
+    @property
+    def conditioning(self) -> Conditioning:
+        return self.student.conditioning
+
+    def validate(self, req: Request) -> None:
+        """Raise ValueError with a message a person can act on; nothing is sampled."""
+        if not 1 <= req.n <= MAX_IMAGES:
+            raise ValueError(f"number of images must be between 1 and {MAX_IMAGES}, got {req.n}")
+        if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {req.seed}")
+        if self.conditioning == "text" and not req.prompt.strip():
+            raise ValueError("enter a prompt: this is a text-to-image model")
+        if self.conditioning == "class" and req.label is not None and not 0 <= req.label < self.student.num_classes:
+            raise ValueError(f"class must be in 0..{self.student.num_classes - 1}, got {req.label}")
+        for name, m, steps in (("student", self.student, req.student_steps), ("teacher", self.teacher,
+                                                                              req.teacher_steps)):
+            if m is not None and steps is not None and steps not in m.step_choices:
+                why = " (its distilled schedule)" if m.distilled else ""
+                raise ValueError(f"{name} steps must be one of {m.step_choices}{why}, got {steps}")
+        if req.guidance is not None and not 0.0 <= req.guidance <= 20.0:
+            raise ValueError(f"guidance must be between 0 and 20, got {req.guidance}")
+
+    def generate(self, req: Request) -> Comparison:
+        """Sample the student, then the teacher, from the same seed; times each (including VAE decoding)."""
+        self.validate(req)
+        seed = random.randint(0, MAX_SEED) if req.seed is None else req.seed
+        cond, uncond = self._conds(req)
+        student = self._run(self.student, req.student_steps, None, cond, uncond, seed, req.n)
+        teacher = None
+        if self.teacher is not None:
+            teacher = self._run(self.teacher, req.teacher_steps, req.guidance, cond, uncond, seed, req.n)
+        return Comparison(seed, student, teacher)
+
+    def _conds(self, req: Request) -> tuple[Cond, Cond | None]:
+        if self.prompts is not None:
+            return self.prompts.conds(req.prompt.strip(), req.n, self.student.model.data_shape)
+        labels = torch.arange(req.n) % self.student.num_classes if req.label is None else torch.full((req.n,),
+                                                                                                      req.label)
+        return Cond(labels=labels.to(self.device)), None       # uncond: the model's null label
+
+    def _run(self, m: LoadedModel, steps: int | None, guidance: float | None, cond: Cond, uncond: Cond | None,
+             seed: int, n: int) -> Result:
+        steps = steps or m.default_steps
+        # students sample at their exported guidance (1 for CFG-distilled ones); only ODE models take the slider
+        w = m.default_guidance if m.distilled or guidance is None else float(guidance)
+        # noise drawn on the CPU from the seed: the same images on any device, and the same start for both models
+        noise = torch.randn(n, *m.model.data_shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        renoise = torch.Generator(self.device).manual_seed(seed + 1)     # fresh noise of multi-step students
+        _sync(self.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            x = m.sample(noise, cond, steps, w, uncond, renoise)
+            images = self.prompts.decode(x) if self.prompts is not None else x.clamp(-1, 1)
+        _sync(self.device)
+        seconds = time.perf_counter() - start
+        return Result(images.float().cpu(), seconds, steps, steps * (2 if w != 1.0 else 1), w)
+
+
+def _describe(m: LoadedModel) -> str:
+    return f"{m.num_classes} classes" if m.conditioning == "class" else "text-conditioned"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":     # CUDA runs asynchronously: wait before reading the clock
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _warm_up(m: LoadedModel, cond: Cond) -> None:
+    """One forward pass at load, so the first click's timings do not include one-off allocation and kernel set-up."""
+    x = torch.zeros(1, *m.model.data_shape, device=next(m.model.parameters()).device)
+    m.model(x, torch.ones(1, dtype=torch.float64, device=x.device), cond)
