@@ -11,23 +11,7 @@ from torch import Tensor, nn
 
 from diffdistill.metrics import inception
 from diffdistill.metrics.inception import (FIDInceptionV3, InceptionA, InceptionE, load_inception,
-                                           pytorch_fid_normalize, tf_normalize)
-
-
-def random_inception(seed: int = 0) -> FIDInceptionV3:
-    """Random weights scaled so activations stay O(1) through the 94 conv layers (default init shrinks them to
-    ~1e-8, which would make feature comparisons weak)."""
-    torch.manual_seed(seed)
-    net = FIDInceptionV3()
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.1, 0.1)
-    return net.eval()
+                                           pytorch_fid_normalize, random_inception, tf_normalize)
 
 
 def pixels(n: int = 2, size: int = 75, seed: int = 1) -> Tensor:

@@ -11,11 +11,23 @@ from diffdistill.metrics.resize import as_image_batch, clean_resize, legacy_resi
 
 
 def pil_reference(x255: torch.Tensor, size: int = 299) -> torch.Tensor:
-    """clean-fid's recipe written out with PIL directly: each channel as a mode-F image, bicubic, no rounding."""
+    """clean-fid's recipe written out with PIL directly: each channel as a mode-F image, bicubic, clipped to
+    0..255, no rounding."""
     out = np.stack([np.stack([np.asarray(Image.fromarray(img[c].numpy().astype(np.float32), mode="F")
                                          .resize((size, size), resample=Image.BICUBIC)) for c in range(img.shape[0])])
                     for img in x255])
-    return torch.from_numpy(out)
+    return torch.from_numpy(out.clip(0, 255))
+
+
+def test_clean_resize_clips_bicubic_ringing_like_clean_fid():
+    # a black/white checkerboard: upsampling it with bicubic overshoots below 0 and above 255 next to each edge
+    board = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 255
+    x = board.to(torch.uint8).expand(1, 3, 8, 8)
+    raw = np.asarray(Image.fromarray(board.numpy().astype(np.float32), mode="F").resize((299, 299), Image.BICUBIC))
+    assert raw.min() < -1 and raw.max() > 256                       # the filter itself leaves the range
+    ours = clean_resize(x)
+    assert ours.min() == 0 and ours.max() == 255
+    assert torch.equal(ours[0, 0], torch.from_numpy(raw.clip(0, 255)))
 
 
 def test_clean_resize_is_pil_float_bicubic_exactly():

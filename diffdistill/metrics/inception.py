@@ -229,6 +229,23 @@ class FIDInceptionV3(nn.Module):
         return self.fc(features)
 
 
+def random_inception(seed: int = 0) -> FIDInceptionV3:
+    """The trunk with random weights, for tests and speed measurements (no pretrained weights exist offline).
+    Scaled so activations stay O(1) through the 94 conv layers: the default init shrinks them to ~1e-8, which
+    makes feature comparisons weak and, on CPUs, can hit slow denormal arithmetic."""
+    gen = torch.Generator().manual_seed(seed)
+    net = FIDInceptionV3()
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=gen)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1, generator=gen)
+            m.running_var.uniform_(0.5, 1.5, generator=gen)
+            nn.init.uniform_(m.weight, 0.5, 1.5, generator=gen)
+            nn.init.uniform_(m.bias, -0.1, 0.1, generator=gen)
+    return net.eval()
+
+
 # ---- the weights: finding, downloading, hashing, loading ------------------------------------------------------------
 
 InceptionMode = Literal["clean", "legacy"]

@@ -4,7 +4,8 @@ FID moves by several points with the resize filter alone (Parmar et al. 2022, "O
 Subtleties in GAN Evaluation"; anchors-video-eval.md 5.1 and 5.3 item 3), so the filter is part of the protocol:
 
 * ``clean`` (clean-fid ``mode="clean"``): each channel resized on its own as a float32 PIL image (mode "F") with
-  PIL's antialiased bicubic filter to 299 x 299, with **no** re-quantisation afterwards. Output float32 in 0..255,
+  PIL's antialiased bicubic filter to 299 x 299, clipped to 0..255 (bicubic overshoots at edges), with **no**
+  re-quantisation afterwards. Output float32 in 0..255,
   what clean-fid feeds the Inception network.
 * ``legacy`` (pytorch-fid, clean-fid ``mode="legacy_pytorch"``): ``F.interpolate(mode="bilinear",
   align_corners=False)`` to 299 x 299 on images scaled to [0, 1], no antialiasing (so it aliases when downsampling).
@@ -73,7 +74,8 @@ def to_uint8(images: Tensor, value_range: ValueRange) -> Tensor:
 
 def clean_resize(images: Tensor | Sequence[Tensor], value_range: ValueRange | None = None,
                  size: int = INCEPTION_SIZE) -> Tensor:
-    """clean-fid "clean" resize: PIL bicubic per channel on float32, no quantisation. Runs on the CPU (PIL).
+    """clean-fid "clean" resize: PIL bicubic per channel on float32, clipped to 0..255, no quantisation. Runs on the
+    CPU (PIL).
 
     Shapes: [N, C, H, W] -> [N, 3, size, size] float32 in 0..255 (cpu).
     """
@@ -109,7 +111,8 @@ def _pil_bicubic(channel: np.ndarray, size: int) -> np.ndarray:
     # a 2-D float32 array becomes a 32-bit float ("F") PIL image: the resize keeps full precision, unlike resizing
     # the uint8 RGB image, which quantises the filter output (clean-fid's point)
     image = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F")
-    return np.asarray(image.resize((size, size), resample=Image.BICUBIC))
+    # bicubic rings past 0..255 at sharp edges; clean-fid clips the float result back (resize_single_channel)
+    return np.asarray(image.resize((size, size), resample=Image.BICUBIC)).clip(0, 255)
 
 
 def _stack(images: Tensor | Sequence[Tensor]) -> Tensor:
