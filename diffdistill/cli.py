@@ -24,7 +24,6 @@ from typing import Sequence
 import torch
 
 from .config import ConfigError, dump_yaml, from_dict, load_yaml
-from .models.base import Cond, guided
 from .models.registry import MODEL_KINDS, build_model, count_parameters, find_export, load_model, read_export_meta
 from .recipe import resolve
 
@@ -176,35 +175,21 @@ def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) 
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .generate import generate, plan_sampling
     from .metrics.distribution import toy_report
-    from .sampling import few_step_sample, ode_sample
     from .visual import save_samples
 
+    if args.n <= 0:
+        raise ValueError(f"--n must be > 0, got {args.n}")
     directory = find_export(args.checkpoint)
     meta = read_export_meta(directory)
-    info = meta.get("sampling", {})
     model = load_model(directory).eval()
-    steps = args.steps or info.get("steps", 50)
-    sampler = args.sampler or info.get("sampler", "ode")
-    guidance = args.guidance if args.guidance is not None else info.get("guidance", 1.0)
-    if steps <= 0 or args.n <= 0:
-        raise ValueError(f"--steps and --n must be > 0, got steps={steps}, n={args.n}")
-    gen = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn(args.n, *model.data_shape, generator=gen)
-    num_classes = info.get("num_classes", 0)
-    cond = Cond(labels=torch.arange(args.n) % num_classes) if num_classes else None
-    net = guided(model, guidance) if cond is not None else model
-    times = info.get("times") if sampler == "few_step" and args.steps is None else None
-    ts = times or model.schedule.step_grid(steps, info.get("spacing", "trailing"))
-    started = time.perf_counter()
-    with torch.no_grad():
-        samples = (ode_sample(net, noise, ts, cond) if sampler == "ode"
-                   else few_step_sample(net, noise, ts, cond, generator=gen))
-    seconds = time.perf_counter() - started
-    out = Path(args.out) if args.out else directory / f"samples-{sampler}-{steps}.png"
-    save_samples(samples, out, title=f"{sampler}, {steps} steps")
-    report = {"samples": args.n, "steps": steps, "sampler": sampler, "guidance": guidance,
-              "seconds": round(seconds, 4), "png": str(out)}
+    plan = plan_sampling(model, meta.get("sampling", {}), args.steps, args.sampler, args.guidance)
+    samples, _, seconds = generate(model, plan, args.n, seed=args.seed, progress=False)
+    out = Path(args.out) if args.out else directory / f"samples-{plan.sampler}-{plan.steps}.png"
+    save_samples(samples, out, title=f"{plan.sampler}, {plan.steps} steps")
+    report = {"samples": args.n, "steps": plan.steps, "sampler": plan.sampler, "guidance": plan.guidance,
+              "nfe": plan.nfe, "seconds": round(seconds, 4), "png": str(out)}
     data = meta.get("run_config", {}).get("data", {})
     if data.get("name") == "toy_gmm":
         from .data import ToyDataConfig
