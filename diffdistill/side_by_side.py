@@ -154,19 +154,29 @@ class PromptConditioner:
 
         self.encoder = PipelineEncoder(folder, str(device))
         self.device = device
+        self._null: dict[str, Tensor] | None = None        # the empty prompt, encoded once (benchmarks ask per batch)
 
     def conds(self, prompt: str, n: int, latent_shape: Sequence[int]) -> tuple[Cond, Cond]:
         """(cond, uncond) for ``n`` images of ``prompt``; SDXL also gets its size/crop time ids."""
-        fields, null = self.encoder.text([prompt]), self.encoder.null()
+        fields, null = self._fields([prompt], latent_shape)
+        return _expand(fields, n, self.device), _expand(null, n, self.device)
+
+    def conds_many(self, prompts: Sequence[str], latent_shape: Sequence[int]) -> tuple[Cond, Cond]:
+        """(cond, uncond) for one image per prompt, the prompts encoded in one batch (benchmark runs)."""
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("conds_many takes a non-empty list of prompts, one per image")
+        fields, null = self._fields(list(prompts), latent_shape)
+        return _expand(fields, len(prompts), self.device), _expand(null, len(prompts), self.device)
+
+    def _fields(self, prompts: list[str], latent_shape: Sequence[int]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        if self._null is None:
+            self._null = self.encoder.null()
+        fields, null = self.encoder.text(prompts), self._null
         if "pooled" in fields:      # SDXL: original size, crop top-left, target size, in pixels (shared by both)
             h, w = (s * self.encoder.pipe.vae_scale_factor for s in latent_shape[-2:])
             ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
             fields, null = {**fields, "time_ids": ids}, {**null, "time_ids": ids}
-
-        def batch(f: dict[str, Tensor]) -> Cond:
-            return Cond(**{k: v.expand(n, *v.shape[1:]).to(self.device) for k, v in f.items()})
-
-        return batch(fields), batch(null)
+        return fields, null
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
@@ -267,6 +277,11 @@ class SideBySide:
         _sync(self.device)
         seconds = time.perf_counter() - start
         return Result(images.float().cpu(), seconds, steps, steps * (2 if w != 1.0 else 1), w)
+
+
+def _expand(fields: dict[str, Tensor], n: int, device: torch.device) -> Cond:
+    """Fields of batch 1 (the null prompt, time ids) or n (encoded prompts) -> a Cond of batch n on ``device``."""
+    return Cond(**{k: v.expand(n, *v.shape[1:]).to(device) for k, v in fields.items()})
 
 
 def _describe(m: LoadedModel) -> str:

@@ -8,28 +8,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from tiny_diffusers import tiny_clip_model, tiny_clip_tokenizer
 
 from diffdistill.metrics.clip_score import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPScoreConfig, CLIPScorer, _embeddings,
                                             combine, load_clip)
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
-
-
-def tiny_tokenizer() -> CLIPTokenizer:
-    """Character-level CLIP BPE (GPT-2 byte alphabet, no merges): builds offline (reference/environment.md 6.2)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = keep[:], 0
-    for b in range(256):
-        if b not in keep:
-            codes.append(256 + extra)
-            extra += 1
-    chars = [chr(c) for c in codes]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    vocab.update({c: len(vocab) + i for i, c in enumerate(chars)})
-    vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate(chars)})
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def colour_images(names, h=40, w=48):
@@ -40,14 +26,8 @@ def colour_images(names, h=40, w=48):
 def clip_dir(tmp_path_factory):
     """A tiny CLIP (32 x 32 images, 16-d projections) briefly trained to pair colour images with colour words, saved
     in the save_pretrained layout."""
-    torch.manual_seed(0)
-    tok = tiny_tokenizer()
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                                      num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                                      pad_token_id=1),
-                     vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                                        num_hidden_layers=2, image_size=32, patch_size=8), projection_dim=16)
-    model = CLIPModel(cfg)
+    tok = tiny_clip_tokenizer()
+    model = tiny_clip_model(len(tok), seed=0)
     mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     pixels = (colour_images(COLOURS, 32, 32) - mean) / std
     text = tok(list(COLOURS), padding="max_length", max_length=77, return_tensors="pt")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffdistill.models.registry import build_model, load_model, save_model
+from diffdistill.models.registry import load_model, save_model
 from diffdistill.side_by_side import DEFAULT_TEACHER, MAX_IMAGES, Request, SideBySide
 from diffdistill.visual import to_pil
 
@@ -111,12 +111,10 @@ def test_to_pil_enlarges_with_whole_pixels():
 def test_text_students_get_prompts_and_a_vae(tmp_path):
     pytest.importorskip("diffusers")
     sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_diffusers import save_pipeline, tiny_sd15_pipeline
+    from tiny_diffusers import export_text_model, save_pipeline, tiny_sd15_pipeline
 
     pipeline = save_pipeline(tiny_sd15_pipeline(), tmp_path / "sd15")
-    sampling = {"sampler": "few_step", "steps": 1, "times": [1.0], "guidance": 1.0, "num_classes": 0}
-    unet = build_model({"kind": "unet", "pretrained": str(pipeline)})
-    export = save_model(unet, tmp_path / "export", {"sampling": sampling})
+    export = export_text_model(pipeline, tmp_path / "export")
     text = SideBySide(export, device="cpu", pipeline=pipeline)
     assert text.conditioning == "text"
     with pytest.raises(ValueError, match="enter a prompt"):

@@ -175,3 +175,27 @@ def save_pipeline(pipe, folder: str | Path) -> Path:
     folder = Path(folder)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def export_text_model(pipeline: str | Path, folder: str | Path, sampling: dict[str, Any] | None = None) -> Path:
+    """An exported text-to-image model, as ``diffdistill export`` writes it: the pipeline's UNet under a distilled
+    one-step student's sampling meta unless ``sampling`` says otherwise (no training run needed)."""
+    from diffdistill.models.registry import build_model, save_model
+
+    sampling = sampling or {"sampler": "few_step", "steps": 1, "times": [1.0], "guidance": 1.0, "num_classes": 0}
+    unet = build_model({"kind": "unet", "pretrained": str(pipeline)})
+    return save_model(unet, folder, {"sampling": sampling})
+
+
+def tiny_clip_model(vocab_size: int, seed: int = 0):
+    """A random CLIPModel (32 x 32 images, 16-d projections) for CLIP-score tests; pair it with
+    :func:`tiny_clip_tokenizer`."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=37,
+                                      num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
+                                      bos_token_id=0, eos_token_id=1, pad_token_id=1),
+                     vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                        num_hidden_layers=2, image_size=32, patch_size=8), projection_dim=16)
+    return CLIPModel(cfg)
