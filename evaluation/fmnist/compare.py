@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from bench import class_rows, sample_setting
+from ship_teacher import total_train_seconds
 
 from diffdistill.metrics.fmnist import FMNISTEvaluator
 from diffdistill.models.registry import find_export, load_model, read_export_meta
@@ -31,9 +32,10 @@ def run_stats(export: Path) -> dict:
     meta = read_export_meta(export)
     stats = {"trained_steps": meta.get("trained_steps"), "train_seconds": None}
     if log.is_file():
-        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        if lines:
-            stats["train_seconds"] = lines[-1].get("time_s")     # seconds since the (last) launch
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if stats["trained_steps"] is None or r["step"] <= stats["trained_steps"]]
+        if rows:     # a resumed run's log restarts its clock at each launch: add the launches up
+            stats["train_seconds"] = round(total_train_seconds(rows), 1)
     return stats
 
 

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from ship_teacher import _total_time
+from ship_teacher import total_train_seconds
 
 from diffdistill.metrics.fmnist import ASSETS
 from diffdistill.models.registry import count_parameters, load_model, read_export_meta
@@ -43,10 +43,10 @@ def main() -> None:
     card = {"what": f"Fashion-MNIST {method['name']} student of diffdistill/assets/fmnist/teacher "
                     f"({len(method.get('student_times', [1]))} step(s)), for benchmark B1 and the demo",
             "command": args.command, "trained_steps": meta.get("trained_steps"),
-            "wall_time_s": round(_total_time(rows), 1), "parameters": count_parameters(load_model(target)),
+            "wall_time_s": round(total_train_seconds(rows), 1), "parameters": count_parameters(load_model(target)),
             "hardware": f"{platform.machine()} CPU (2 cores), torch {torch.__version__}",
             "batch_size": meta["run_config"]["trainer"]["batch_size"], "training_log": log_out,
-            "scores": {k: v for k, v in scores.items() if k != "rows"} | {"row": scores["rows"][0]}}
+            "scores": {k: v for k, v in scores.items() if k != "rows"} | {"rows": scores["rows"]}}
     (target / "card.json").write_text(json.dumps(card, indent=2))
     print(json.dumps(card, indent=2))
 
