@@ -269,12 +269,12 @@ class SideBySide:
         # noise drawn on the CPU from the seed: the same images on any device, and the same start for both models
         noise = torch.randn(n, *m.model.data_shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         renoise = torch.Generator(self.device).manual_seed(seed + 1)     # fresh noise of multi-step students
-        _sync(self.device)
+        sync(self.device)
         start = time.perf_counter()
         with torch.no_grad():
             x = m.sample(noise, cond, steps, w, uncond, renoise)
             images = self.prompts.decode(x) if self.prompts is not None else x.clamp(-1, 1)
-        _sync(self.device)
+        sync(self.device)
         seconds = time.perf_counter() - start
         return Result(images.float().cpu(), seconds, steps, steps * (2 if w != 1.0 else 1), w)
 
@@ -288,7 +288,8 @@ def _describe(m: LoadedModel) -> str:
     return f"{m.num_classes} classes" if m.conditioning == "class" else "text-conditioned"
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work before reading the clock (a no-op elsewhere)."""
     if device.type == "cuda":     # CUDA runs asynchronously: wait before reading the clock
         torch.cuda.synchronize(device)
 

@@ -73,7 +73,7 @@ from .metrics.clip_score import CLIPScoreConfig, CLIPScorer, combine
 from .metrics.extractors import FeatureExtractor, extract_features
 from .metrics.frechet import FeatureStats, frechet_distance
 from .models.registry import find_export, read_export_meta
-from .side_by_side import LoadedModel, PromptConditioner
+from .side_by_side import LoadedModel, PromptConditioner, sync
 from .t2i_data import (BENCHMARKS, GENERATED_TO_UINT8, IMAGE_RESIZE, SELECTION, Benchmark, BenchmarkName, Item,
                        prepare_generated, read_benchmark, reference_batches)
 
@@ -159,10 +159,10 @@ def generate_batches(model: LoadedModel, prompts: PromptConditioner, items: Sequ
         cond, uncond = prompts.conds_many([it.prompt for it in chunk], shape)
         # one image at a time from the one generator: image i's noise is independent of the batch size
         noise = torch.cat([torch.randn(1, *shape, generator=noise_gen) for _ in chunk]).to(device)
-        _sync(device)
+        sync(device)
         begin = time.perf_counter()
         pixels = prompts.decode(model.sample(noise, cond, steps, guidance, uncond, renoise))
-        _sync(device)
+        sync(device)
         timer["seconds"] = timer.get("seconds", 0.0) + time.perf_counter() - begin
         yield GeneratedBatch(start, prepare_generated(pixels, resolution), chunk)
 
@@ -176,11 +176,6 @@ def save_batch(batch: GeneratedBatch, folder: Path, total: int) -> None:
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / name)
             f.write(json.dumps({"file": name, "key": item.key, "prompt": item.prompt, "category": item.category})
                     + "\n")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":     # CUDA runs asynchronously: wait before reading the clock
-        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------------------------- the run
