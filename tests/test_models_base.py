@@ -100,3 +100,27 @@ def test_lora_role_copy_trains_only_adapters():
     assert trainable and all("lora_" in n for n in trainable)
     x, t = torch.randn(4, 2), torch.rand(4)
     torch.testing.assert_close(student(x, t).native, teacher(x, t).native)     # LoRA B starts at zero
+
+
+def test_our_networks_start_from_an_export_with_pretrained(tmp_path):
+    from diffdistill.config import ConfigError
+    from diffdistill.models.registry import build_model, save_model
+    from diffdistill.recipe import resolve
+
+    torch.manual_seed(0)
+    net = MLPDenoiser(MLPConfig(hidden=32, layers=2, prediction="x0", num_classes=2))
+    save_model(net, tmp_path / "run" / "export")
+    x, t, cond = torch.randn(5, 2), torch.rand(5), Cond(labels=torch.tensor([0, 1, 0, 1, 0]))
+    for source in (tmp_path / "run", tmp_path / "run" / "export"):        # a run directory or its export folder
+        loaded = build_model({"kind": "mlp", "pretrained": str(source)})
+        assert loaded.cfg == net.cfg and torch.equal(loaded(x, t, cond).x0, net(x, t, cond).x0)
+    with pytest.raises(ConfigError, match=r"architecture comes from the export; remove \['hidden'\]"):
+        build_model({"kind": "mlp", "pretrained": str(tmp_path / "run"), "hidden": 64})
+    save_model(GaussianMixture(MixtureConfig()), tmp_path / "mixture")
+    with pytest.raises(ConfigError, match="holds a 'toy_gmm' model, not 'mlp'"):
+        build_model({"kind": "mlp", "pretrained": str(tmp_path / "mixture")})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_model({"kind": "mlp", "pretrained": str(tmp_path / "nowhere")})
+    _, resolved = resolve({"model": {"kind": "mlp", "pretrained": "runs/x"}, "method": {"name": "teacher"},
+                           "data": {"name": "toy_gmm"}})
+    assert resolved["model"] == {"kind": "mlp", "pretrained": "runs/x"}

@@ -9,14 +9,14 @@ it directly. Weights are only ever read through safetensors.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import registry_entry, to_dict, typed_section
+from ..config import ConfigError, registry_entry, to_dict, typed_section
 from .base import DiffusionModel
 
 # kind -> (module, config class, wrapper class). Modules are imported on use, so diffusers stays lazy.
@@ -34,13 +34,47 @@ def _entry(kind: str, path: str) -> tuple[type, type]:
     return registry_entry(MODEL_KINDS, "kind", kind, path)
 
 
+@dataclass
+class ExportSource:
+    """A model section that starts from an export folder of one of our own networks."""
+
+    pretrained: str
+
+
+def _export_source(spec: dict[str, Any], path: str) -> str | None:
+    """``pretrained`` of one of our own networks (kinds without a diffusers loader): an export folder to start from,
+    e.g. a trained toy MLP as the DMD2 teacher that the student and critic are copied from (DMD2 initialises both
+    from the teacher). The architecture then comes from the export, so no other field may be given."""
+    if not isinstance(spec, dict) or spec.get("pretrained") is None or spec.get("kind") not in MODEL_KINDS:
+        return None
+    cfg_cls, _ = _entry(spec["kind"], path)
+    if "pretrained" in {f.name for f in fields(cfg_cls)}:     # adapters: their own config loads diffusers folders
+        return None
+    extra = sorted(set(spec) - {"kind", "pretrained"})
+    if extra:
+        raise ConfigError(f"{path}: with `pretrained` the architecture comes from the export; remove {extra}")
+    return str(spec["pretrained"])
+
+
 def model_config(spec: dict[str, Any], path: str = "model") -> tuple[str, Any]:
     """Validate a ``{kind: ..., **fields}`` mapping; returns (kind, config dataclass)."""
+    source = _export_source(spec, path)
+    if source is not None:
+        return spec["kind"], ExportSource(source)
     return typed_section(MODEL_KINDS, "kind", spec, path)
 
 
 def build_model(spec: dict[str, Any], path: str = "model") -> DiffusionModel:
-    """Build (or load, for adapters with ``pretrained``) the wrapped model a recipe section describes."""
+    """Build (or load: adapters' ``pretrained`` diffusers folders, our networks' ``pretrained`` exports) the wrapped
+    model a recipe section describes."""
+    source = _export_source(spec, path)
+    if source is not None:
+        directory = find_export(source)
+        kind = read_export_meta(directory)["model"].get("kind")
+        if kind != spec["kind"]:
+            raise ConfigError(f"{path}.pretrained: {source!r} holds a {kind!r} model, not {spec['kind']!r}; "
+                              f"set {path}.kind: {kind}")
+        return load_model(directory)
     kind, cfg = model_config(spec, path)
     _, cls = _entry(kind, path)
     return cls(cfg)
