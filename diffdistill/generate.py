@@ -37,6 +37,15 @@ class SamplingPlan:
         """Network evaluations per image: CFG doubles each step when a class model is guided."""
         return self.steps * (2 if self.num_classes and self.guidance != 1.0 else 1)
 
+    def run(self, net: DiffusionModel, noise: Tensor, cond: Cond | None = None,
+            generator: torch.Generator | None = None) -> Tensor:
+        """One batch: ``net`` (already guided if wanted) from ``noise`` [B, ...] to x0 [B, ...] on this plan's times;
+        ``generator`` draws the few-step sampler's fresh re-noising noise."""
+        times = torch.tensor(self.times, dtype=torch.float64)
+        if self.sampler == "ode":
+            return ode_sample(net, noise, times, cond)
+        return few_step_sample(net, noise, times, cond, generator=generator)
+
 
 def plan_sampling(model: DiffusionModel, info: dict, steps: int | None = None, sampler: str | None = None,
                   guidance: float | None = None) -> SamplingPlan:
@@ -73,14 +82,12 @@ def generate(model: DiffusionModel, plan: SamplingPlan, n: int, seed: int = 0, b
     device = next(model.parameters()).device
     renoise_gen = torch.Generator(device).manual_seed(seed + 1)     # the few-step sampler's fresh noise
     net = guided(model, plan.guidance) if labels is not None else model
-    times = torch.tensor(plan.times, dtype=torch.float64)
     out, seconds = [], 0.0
     for i in tqdm(range(0, n, batch_size), desc=f"sampling {plan.steps} steps", disable=not progress, leave=False):
         cond = Cond(labels=labels[i:i + batch_size].to(device)) if labels is not None else None
         x = noise[i:i + batch_size].to(device)
         start = time.perf_counter()
-        x = (ode_sample(net, x, times, cond) if plan.sampler == "ode"
-             else few_step_sample(net, x, times, cond, generator=renoise_gen))
+        x = plan.run(net, x, cond, renoise_gen)
         if x.is_cuda:
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start

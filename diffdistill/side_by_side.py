@@ -25,7 +25,7 @@ from torch import Tensor
 from .data import FMNIST_CLASSES
 from .models.base import Cond, DiffusionModel, guided
 from .models.registry import find_export, load_model, read_export_meta
-from .sampling import few_step_sample, ode_sample
+from .generate import plan_sampling
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "fmnist"
 DEFAULT_STUDENT = ASSETS / "dmd2_1step"
@@ -132,18 +132,11 @@ class LoadedModel:
     def default_guidance(self) -> float:
         return float(self.sampling.get("guidance", 1.0))
 
-    def times(self, steps: int) -> Sequence[float]:
-        if self.distilled:
-            return self.sampling["times"]
-        return self.model.schedule.step_grid(steps, self.sampling.get("spacing", "trailing"))
-
     def sample(self, noise: Tensor, cond: Cond, steps: int, guidance: float, uncond: Cond | None = None,
                generator: torch.Generator | None = None) -> Tensor:
         """Shapes: noise [B, C, H, W] -> x0 [B, C, H, W] (pixels or latents, as the model works)."""
-        net = guided(self.model, guidance, uncond)
-        if self.distilled:
-            return few_step_sample(net, noise, self.times(steps), cond, generator=generator)
-        return ode_sample(net, noise, self.times(steps), cond)
+        plan = plan_sampling(self.model, self.sampling, steps, guidance=guidance)
+        return plan.run(guided(self.model, guidance, uncond), noise, cond, generator)
 
 
 class PromptConditioner:
