@@ -1,3 +1,4 @@
+import warnings
 
 import pytest
 import torch
@@ -52,6 +53,7 @@ class Recorder(MLPDenoiser):
         return super().predict(x_t, t, cond)
 
 
+@pytest.mark.filterwarnings("ignore:a multi-step DMD2 student")
 def test_student_input_at_step_k_comes_from_its_own_rollout_not_from_real_data(monkeypatch):
     student = Recorder()
     m = DMD2(DMD2Config(student_times=[1.0, 0.75, 0.5, 0.25], guidance=1.0), GaussianMixture(MIX), 0, student,
@@ -138,6 +140,15 @@ def test_four_step_dmd2_from_a_teacher_initialised_student_keeps_every_mode(tmp_
         after = toy_report(few_step_sample(m.role("student"), noise, m.times), MIX)
     assert after["modes_covered"] == 1.0 and after["on_mode"] >= before["on_mode"] - 0.05
     assert after["sliced_w2"] < min(0.3, before["sliced_w2"] + 0.1)
+
+
+def test_a_multi_step_student_with_its_own_network_gets_a_warning_about_its_start():
+    with pytest.warns(UserWarning, match="must start from trained weights"):
+        toy_dmd2(times=(1.0, 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        toy_dmd2(times=(1.0,))                                       # one step from scratch is fine (tested above)
+        DMD2(DMD2Config(student_times=[1.0, 0.5]), MLPDenoiser(MLPConfig(hidden=16, schedule=SCHED)), 0)   # copies
 
 
 @pytest.mark.parametrize("bad,match", [(dict(student_times=[0.5, 0.7]), "strictly decreasing"),

@@ -15,10 +15,16 @@ Multi-step students run on fixed times (DMD2 4-step SDXL: timesteps 999, 749, 49
 input they meet at inference: pure noise at step 0, their own re-noised predictions after (DMD2 sec. 4.5). A one-step
 student may be conditioned on a time other than 1 (DMD2's one-step SDXL feeds pure noise at timestep 399) to avoid
 the 1/alpha(1) amplification of an eps-prediction network at t = 1.
+
+A multi-step student must start from the teacher (DMD2 initialises student and critic from it): the critic fits the
+mixture of all steps' outputs, so the matching gradient (of KL(mixture || data)) is as small when the steps split
+the data's modes between them as when each step covers all of them; from random weights the split is what forms
+(measured on the toy mixture: README, "Multi-step DMD2 on the toy mixture").
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +64,11 @@ class DMD2(Method):
         _validate(cfg)
         self.cfg, self.num_classes = cfg, num_classes
         self.teacher = freeze(teacher)
+        if student is not None and len(cfg.student_times) > 1:
+            warnings.warn("a multi-step DMD2 student with a network of its own (a `student:` section) must start from "
+                          "trained weights: from random weights its steps split the modes between them (the critic "
+                          "fits the mixture of all steps' outputs). Drop the `student:` section to copy the teacher, "
+                          "or give it `pretrained:`. See recipes/toy/dmd2_gmm2d_4step.yaml.", stacklevel=2)
         self.student = student if student is not None else role_copy(teacher, cfg.student_lora)
         self.critic = critic if critic is not None else role_copy(teacher, cfg.critic_lora)
         self.times = torch.tensor(cfg.student_times, dtype=torch.float64)
