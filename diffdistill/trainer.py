@@ -109,18 +109,8 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
         run_config: dict[str, Any] | None = None) -> FitResult:
     """Train ``method`` on ``data`` until ``cfg.max_steps``, resuming from the newest checkpoint in ``run_dir``."""
     run_dir = Path(run_dir)
-    validate_trainer_config(cfg, method.groups)
-    set_seed(cfg.seed + accelerator.process_index)
-    method.to(accelerator.device)
-
-    groups = list(method.groups)
-    optimizers = {g: _optimizer(method.param_groups()[g], cfg.optimizers.get(g, OptimizerConfig()), g) for g in groups}
-    schedulers = {g: _warmup(optimizers[g], cfg.optimizers.get(g, OptimizerConfig()).warmup_steps) for g in groups}
-    for g in groups:   # one prepare per role: DDP/FSDP wrapping stays accelerate's job
-        module, optimizers[g], schedulers[g] = accelerator.prepare(method.trainable()[g], optimizers[g], schedulers[g])
-        method.attach(g, module)
-    ema_group = cfg.ema_group or groups[0]
-    ema = _make_ema(method.role(ema_group), cfg.ema_decay)
+    session = prepare_training(method, cfg, accelerator)
+    ema, ema_group = session.ema, session.ema_group
 
     state: dict[str, Any] = {"step": 0, "data_position": 0}
     resume = latest_checkpoint(run_dir)
@@ -139,13 +129,10 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     started = time.perf_counter()
     try:
         while step < cfg.max_steps:
-            for phase in method.phases(step):
-                for key, value in _run_phase(method, phase, data, step, cfg, accelerator, optimizers, schedulers,
-                                             run_dir).items():
+            for phase_logs in train_step(method, session, data, step, cfg, accelerator, run_dir):
+                for key, value in phase_logs.items():
                     total = window.setdefault(key, [0.0, 0])
                     total[0], total[1] = total[0] + value, total[1] + 1
-                if ema is not None and phase == ema_group:
-                    ema.update_parameters(method.role(ema_group))
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -172,6 +159,44 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return FitResult(step, run_dir, export_dir, logs)
+
+
+@dataclass
+class TrainingSession:
+    """What one run's steps share: an optimizer and warm-up schedule per group, and the EMA of one group."""
+
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    ema: AveragedModel | None
+    ema_group: str
+
+
+def prepare_training(method: Method, cfg: TrainerConfig, accelerator: Accelerator) -> TrainingSession:
+    """Validate ``cfg``, seed, move ``method`` to the device and let accelerate wrap each trainable group."""
+    validate_trainer_config(cfg, method.groups)
+    set_seed(cfg.seed + accelerator.process_index)
+    method.to(accelerator.device)
+    groups = list(method.groups)
+    optimizers = {g: _optimizer(method.param_groups()[g], cfg.optimizers.get(g, OptimizerConfig()), g) for g in groups}
+    schedulers = {g: _warmup(optimizers[g], cfg.optimizers.get(g, OptimizerConfig()).warmup_steps) for g in groups}
+    for g in groups:   # one prepare per role: DDP/FSDP wrapping stays accelerate's job
+        module, optimizers[g], schedulers[g] = accelerator.prepare(method.trainable()[g], optimizers[g], schedulers[g])
+        method.attach(g, module)
+    ema_group = cfg.ema_group or groups[0]
+    return TrainingSession(optimizers, schedulers, _make_ema(method.role(ema_group), cfg.ema_decay), ema_group)
+
+
+def train_step(method: Method, session: TrainingSession, data: DataStream, step: int, cfg: TrainerConfig,
+               accelerator: Accelerator, run_dir: Path) -> list[dict[str, float]]:
+    """One training step: every phase ``method.phases(step)`` names (one optimizer update each), then the EMA.
+    Returns each phase's logs. Benchmarks time this to measure a method's step without checkpoints or exports."""
+    out = []
+    for phase in method.phases(step):
+        out.append(_run_phase(method, phase, data, step, cfg, accelerator, session.optimizers, session.schedulers,
+                              run_dir))
+        if session.ema is not None and phase == session.ema_group:
+            session.ema.update_parameters(method.role(session.ema_group))
+    return out
 
 
 def _optimizer(params: list[nn.Parameter], ocfg: OptimizerConfig, group: str) -> torch.optim.Optimizer:

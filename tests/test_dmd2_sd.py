@@ -204,3 +204,26 @@ def test_lora_student_export_loads_with_load_lora_weights(sdxl, tmp_path):
     assert (ours - before).abs().max() > 1e-2                 # the adapters matter
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(merged, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_b4_step_benchmark_measures_each_row_on_a_tiny_sdxl_unet(tmp_path):
+    """The GPU benchmark's code path (recipes, trainer step, timing, JSON) on a tiny SDXL-shaped UNet on the CPU."""
+    import json
+    import subprocess
+    import sys
+
+    from tiny_diffusers import tiny_sdxl_unet_config
+
+    config = tmp_path / "unet.json"
+    config.write_text(json.dumps(tiny_sdxl_unet_config()))
+    subprocess.run([sys.executable, "evaluation/gpu/dmd2_step_memory.py", "--unet-config", str(config), "--device",
+                    "cpu", "--weights-dtype", "float32", "--mixed-precision", "no", "--checkpointing", "off",
+                    "--batch", "1", "--cycles", "1", "--out", str(tmp_path)], check=True, capture_output=True)
+    result = json.loads((tmp_path / "gpu-dmd2-sdxl-step.json").read_text())
+    full, lora = result["rows"]
+    assert [full["student"], lora["student"]] == ["full", "lora"] and {full["status"], lora["status"]} == {"ok"}
+    assert full["trainable_student_parameters"] == result["unet_parameters"]      # the whole UNet trains
+    # adapters only (rank 64 on every listed module: on this tiny UNet that is more than the UNet itself has)
+    assert lora["trainable_student_parameters"] not in (0, result["unet_parameters"])
+    for row in (full, lora):    # the student step also runs a critic update (two time-scale rule), so it costs more
+        assert row["student_step_seconds"] > row["critic_step_seconds"] > 0
