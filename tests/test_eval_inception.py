@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from diffdistill.metrics import inception
 from diffdistill.metrics.inception import (FIDInceptionV3, InceptionA, InceptionE, load_inception,
-                                           pytorch_fid_normalize, random_inception, tf_normalize)
+                                           pytorch_fid_normalize, random_inception, save_clean_fid_layout,
+                                           tf_normalize)
 
 
 def pixels(n: int = 2, size: int = 75, seed: int = 1) -> Tensor:
@@ -76,18 +77,6 @@ def test_tf_pooling_differences():
     assert torch.allclose(out1[0, 0, 1:4, 1:4], torch.full((3, 3), 1.0))
 
 
-class NvidiaLayout(nn.Module):
-    """The layout of NVIDIA's inception-2015-12-05.pt: the trunk as ``layers``; forward() resizes TF-style inside,
-    which the clean protocol must bypass (here it returns zeros, so calling it would fail the test)."""
-
-    def __init__(self, layers: nn.Module) -> None:
-        super().__init__()
-        self.layers = layers
-
-    def forward(self, img: Tensor, return_features: bool = False) -> Tensor:
-        return torch.zeros(img.shape[0], 2048)
-
-
 def test_torchscript_round_trip_gives_identical_features(tmp_path):
     net = random_inception()
     x = pixels()
@@ -98,7 +87,7 @@ def test_torchscript_round_trip_gives_identical_features(tmp_path):
     plain.parent.mkdir()
     nvidia.parent.mkdir()
     scripted.save(str(plain))
-    torch.jit.script(NvidiaLayout(scripted)).save(str(nvidia))
+    save_clean_fid_layout(scripted, nvidia)
     with torch.no_grad():
         for file, path in ((plain, plain), (nvidia, nvidia.parent)):      # a file, or a folder holding the file
             loaded = load_inception(path, mode="clean")

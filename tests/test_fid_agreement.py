@@ -15,13 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_eval_inception import NvidiaLayout
 from torch import Tensor, nn
 
 from diffdistill.evaluate import image_files, load_images
 from diffdistill.metrics.extractors import InceptionExtractor, extract_features
 from diffdistill.metrics.frechet import FeatureStats, frechet_distance
-from diffdistill.metrics.inception import WEIGHTS, random_inception
+from diffdistill.metrics.inception import WEIGHTS, random_inception, save_clean_fid_layout
 from diffdistill.metrics.resize import clean_resize
 
 pytestmark = pytest.mark.gpu
@@ -75,7 +74,7 @@ def test_clean_mode_matches_clean_fid(folders, trunk, tmp_path):
     from cleanfid.inception_torchscript import InceptionV3W
 
     weights = tmp_path / WEIGHTS["clean"].name
-    torch.jit.script(NvidiaLayout(torch.jit.script(trunk))).save(str(weights))
+    save_clean_fid_layout(trunk, weights)
     model = InceptionV3W(str(tmp_path), download=False, resize_inside=False).to(DEVICE).eval()
     theirs = [fid.get_folder_features(str(f), model, num_workers=0, batch_size=100, device=torch.device(DEVICE),
                                       mode="clean", verbose=False) for f in folders]

@@ -388,3 +388,26 @@ def _load_state_dict(file: Path, device: str | torch.device) -> nn.Module:
     net = FIDInceptionV3()
     net.load_state_dict(state, strict=True)
     return net
+
+
+class _CleanFidLayout(nn.Module):
+    """The layout of NVIDIA's inception-2015-12-05.pt, the file clean-fid loads: the trunk as ``layers``. Its
+    forward() stands for the TF-style resize inside, which the clean protocol bypasses (it calls ``layers``), so
+    here it returns zeros: any caller that used it would get features that agree with nothing."""
+
+    def __init__(self, layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, img: Tensor, return_features: bool = False) -> Tensor:
+        return torch.zeros(img.shape[0], 2048)
+
+
+def save_clean_fid_layout(trunk: nn.Module, path: str | Path) -> Path:
+    """Write ``trunk`` (e.g. :func:`random_inception`) as a torchscript file in clean-fid's layout, so clean-fid and
+    our clean mode can run the SAME weights where the published file cannot be downloaded (agreement tests, B4)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(_CleanFidLayout(torch.jit.script(trunk))).save(str(path))
+    return path
+
