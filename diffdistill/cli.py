@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from .config import ConfigError, dump_yaml, from_dict, load_yaml
+from .config import ConfigError, dump_yaml, load_yaml
 from .models.registry import MODEL_KINDS, build_model, count_parameters, find_export, load_model, read_export_meta
 from .recipe import resolve
 
@@ -176,6 +176,7 @@ def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .generate import generate, plan_sampling
+    from .data import trained_mixture
     from .metrics.distribution import toy_report
     from .visual import save_samples
 
@@ -190,10 +191,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     save_samples(samples, out, title=f"{plan.sampler}, {plan.steps} steps")
     report = {"samples": args.n, "steps": plan.steps, "sampler": plan.sampler, "guidance": plan.guidance,
               "nfe": plan.nfe, "seconds": round(seconds, 4), "png": str(out)}
-    data = meta.get("run_config", {}).get("data", {})
-    if data.get("name") == "toy_gmm":
-        from .data import ToyDataConfig
-        report.update(toy_report(samples, from_dict(ToyDataConfig, {k: v for k, v in data.items() if k != "name"}).mixture))
+    mixture = trained_mixture(meta)
+    if mixture is not None:
+        report.update(toy_report(samples, mixture))
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0

@@ -192,6 +192,14 @@ class FashionMNISTStream:
         return Batch(x0, Cond(labels=self.labels[index] if self.cfg.labels else None), index)
 
 
+def trained_mixture(export_meta: dict[str, Any]) -> MixtureConfig | None:
+    """The toy mixture an exported model was trained on (from its ``run_config``), or None for other data."""
+    data = export_meta.get("run_config", {}).get("data", {})
+    if data.get("name") != "toy_gmm":
+        return None
+    return data_config(data)[1].mixture
+
+
 def _toy_stream(cfg: ToyDataConfig, batch_size: int, seed: int, rank: int, world: int) -> ToyMixtureStream:
     return ToyMixtureStream(cfg, batch_size, seed, rank)
 

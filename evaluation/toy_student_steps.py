@@ -13,12 +13,10 @@ import json
 from pathlib import Path
 
 import torch
+from toy_export import load_toy_export
 
-from diffdistill.config import from_dict
-from diffdistill.data import ToyDataConfig
 from diffdistill.metrics.distribution import toy_report
 from diffdistill.models.base import Cond
-from diffdistill.models.registry import find_export, load_model, read_export_meta
 from diffdistill.sampling import backward_simulate
 from diffdistill.visual import save_samples
 
@@ -30,14 +28,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--out", default="evaluation/results/toy/students")
     args = p.parse_args()
-    torch.set_num_threads(1)
-    directory = find_export(args.run)
-    meta = read_export_meta(directory)
-    model = load_model(directory).eval()
-    info, data = meta["sampling"], meta["run_config"]["data"]
+    directory, meta, model, mixture = load_toy_export(args.run)
+    info = meta["sampling"]
     if info.get("sampler") != "few_step":
         raise SystemExit(f"{directory} is not a few-step student (sampler {info.get('sampler')!r})")
-    mixture = from_dict(ToyDataConfig, {k: v for k, v in data.items() if k != "name"}).mixture
     times = torch.tensor(info["times"], dtype=torch.float64)
     noise = torch.randn(args.n, *model.data_shape, generator=torch.Generator().manual_seed(0))
     k = info.get("num_classes", 0)

@@ -13,12 +13,10 @@ import time
 from pathlib import Path
 
 import torch
+from toy_export import load_toy_export
 
-from diffdistill.data import ToyDataConfig
-from diffdistill.config import from_dict
 from diffdistill.metrics.distribution import toy_report
 from diffdistill.models.base import Cond, guided
-from diffdistill.models.registry import find_export, load_model, read_export_meta
 from diffdistill.sampling import ode_sample
 from diffdistill.visual import save_samples
 
@@ -31,12 +29,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--out", default="evaluation/results/toy")
     args = p.parse_args()
-    torch.set_num_threads(1)
-    directory = find_export(args.run)
-    meta = read_export_meta(directory)
-    model = load_model(directory).eval()
-    info, data = meta["sampling"], meta["run_config"]["data"]
-    mixture = from_dict(ToyDataConfig, {k: v for k, v in data.items() if k != "name"}).mixture
+    directory, meta, model, mixture = load_toy_export(args.run)
+    info = meta["sampling"]
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(args.n, *model.data_shape, generator=gen)
     k = info.get("num_classes", 0)
