@@ -132,7 +132,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{str(run_dir)!r} holds no complete checkpoint and config.yaml; pass the output_dir "
                                 "of a `diffdistill train` run")
     step = json.loads((last / "trainer_state.json").read_text())["step"]
-    return _train(run_dir / "config.yaml", [f"trainer.max_steps={step}"], write_config=False)
+    # output_dir: the folder given here, also when the run was moved or copied since it was trained
+    return _train(run_dir / "config.yaml", [f"trainer.max_steps={step}", f"output_dir={run_dir}"], write_config=False)
 
 
 def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) -> int:

@@ -21,8 +21,9 @@ from .methods import method_config
 from .models.registry import model_config
 from .trainer import TrainerConfig
 
-# Keys that may change when a run resumes: they do not change the maths of the steps already taken.
-RESUMABLE_KEYS = {"trainer.max_steps", "trainer.log_every", "trainer.sample_every", "trainer.checkpoint_every",
+# Keys that may change when a run resumes: they do not change the maths of the steps already taken (output_dir: a
+# run folder that was moved or copied resumes where it now is).
+RESUMABLE_KEYS = {"output_dir", "trainer.max_steps", "trainer.log_every", "trainer.sample_every", "trainer.checkpoint_every",
                   "trainer.keep_checkpoints", "trainer.log_with", "trainer.preview_count"}
 
 

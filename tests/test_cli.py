@@ -78,6 +78,24 @@ def test_export_writes_the_newest_checkpoint_without_training(tmp_path):
     assert missing.returncode == 2 and "no complete checkpoint" in missing.stderr
 
 
+def test_export_of_a_copied_run_exports_the_copy_not_the_original(tmp_path):
+    import shutil
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    out = cli("train", "recipes/toy/teacher_gmm2d.yaml", f"output_dir={original}", "trainer.max_steps=4",
+              "trainer.checkpoint_every=2")
+    assert out.returncode == 0, out.stderr
+    shutil.copytree(original, copy)
+    shutil.rmtree(copy / "export")
+    shutil.rmtree(copy / "checkpoints" / "step-000004")            # the copy holds an older checkpoint only
+    before = (original / "export" / "model.safetensors").read_bytes()
+    exported = cli("export", copy)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((copy / "export" / "diffdistill.json").read_text())["trained_steps"] == 2
+    assert json.loads((original / "export" / "diffdistill.json").read_text())["trained_steps"] == 4
+    assert (original / "export" / "model.safetensors").read_bytes() == before
+
+
 def test_dmd2_recipe_trains_and_its_student_samples_with_its_own_schedule(tmp_path):
     out = cli("train", "recipes/toy/dmd2_gmm2d.yaml", f"output_dir={tmp_path}", "trainer.max_steps=6",
               "trainer.log_every=3", "trainer.preview_count=64")
