@@ -78,33 +78,47 @@ class Row:
     trainable_student_parameters: int | None = None
 
 
-def measure(args: argparse.Namespace, unet_config: dict, student: str, checkpointing: bool, batch: int) -> Row:
-    """One row; out of memory becomes a row too. Everything the row built is freed before the next one."""
-    device = torch.device("cpu" if args.device == "cpu" else "cuda")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+def measure(args: argparse.Namespace, unet_config: dict, student: str, checkpointing: bool) -> list[Row]:
+    """The rows of one (student, checkpointing) setting, one per batch size, from ONE build of the three networks
+    (building 2.6B parameters three times takes longer than the timed steps). Out of memory becomes a row too;
+    everything built is freed before the next setting."""
     try:
-        return _run_row(args, unet_config, student, checkpointing, batch)
-    except torch.OutOfMemoryError:
-        return Row(student, checkpointing, batch, "out of memory",
-                   peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30)
+        return _run_setting(args, unet_config, student, checkpointing)
+    except torch.OutOfMemoryError:          # while building or moving the networks: no batch size fits
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        return [Row(student, checkpointing, b, "out of memory", peak_memory_gib=peak) for b in args.batch]
     finally:
         gc.collect()
-        if device.type == "cuda":
+        if args.device == "cuda":
             torch.cuda.empty_cache()
 
 
-def _run_row(args: argparse.Namespace, unet_config: dict, student: str, checkpointing: bool, batch: int) -> Row:
+def _run_setting(args: argparse.Namespace, unet_config: dict, student: str, checkpointing: bool) -> list[Row]:
     run, _ = resolve(RECIPES[student])
-    # the recipe's loop settings (optimizers, clipping), at this row's batch and precision
-    trainer = replace(run.trainer, batch_size=batch, mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
+    # the recipe's loop settings (optimizers, clipping) at this run's precision
+    trainer = replace(run.trainer, mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
     accelerator = make_accelerator(trainer, Path(args.out))
     teacher = DiffusersUNet(UNetConfig(config=unet_config, dtype=args.weights_dtype,
                                        gradient_checkpointing=checkpointing))
     method = build_method(run.method, {"model": teacher}, 0)
     trainable = sum(p.numel() for p in method.student.parameters() if p.requires_grad)
     session = prepare_training(method, trainer, accelerator)
+    rows = []
+    for batch in args.batch:
+        if accelerator.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            rows.append(_time_cycles(args, method, session, trainer, accelerator, unet_config, batch))
+        except torch.OutOfMemoryError:
+            rows.append(Row(student, checkpointing, batch, "out of memory",
+                            peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30))
+        rows[-1].student, rows[-1].gradient_checkpointing = student, checkpointing
+        rows[-1].trainable_student_parameters = trainable
+    return rows
+
+
+def _time_cycles(args: argparse.Namespace, method, session, trainer, accelerator, unet_config: dict, batch: int) -> Row:
     data = SyntheticLatents(unet_config, batch, accelerator.device)
     every = method.cfg.student_every
     times: list[tuple[int, float]] = []
@@ -116,9 +130,23 @@ def _run_row(args: argparse.Namespace, unet_config: dict, student: str, checkpoi
         if step >= every:
             times.append((step, time.perf_counter() - start))
     peak = torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else None
-    return Row(student, checkpointing, batch, "ok", statistics.mean(s for _, s in times),
+    return Row("", False, batch, "ok", statistics.mean(s for _, s in times),
                statistics.mean(s for k, s in times if k % every == 0),
-               statistics.mean(s for k, s in times if k % every != 0), peak, trainable)
+               statistics.mean(s for k, s in times if k % every != 0), peak)
+
+
+def _merge(path: Path, result: dict) -> list[dict]:
+    """This run's rows plus the rows of an earlier run with the same device and settings that this one did not
+    measure, so the table can be filled over several commands (the device machine allows ten minutes each)."""
+    if not path.is_file():
+        return result["rows"]
+    old = json.loads(path.read_text())
+    same = ("device", "unet_parameters", "weights_dtype", "mixed_precision", "cycles")
+    if any(old.get(k) != result[k] for k in same):
+        return result["rows"]
+    key = lambda r: (r["student"], r["gradient_checkpointing"], r["batch"])   # noqa: E731
+    done = {key(r) for r in result["rows"]}
+    return sorted([*result["rows"], *(r for r in old["rows"] if key(r) not in done)], key=key)
 
 
 def _sync(device: torch.device) -> None:
@@ -141,8 +169,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU, or pass --device cpu with a small --unet-config")
     unet_config = json.loads(Path(args.unet_config).read_text()) if args.unet_config else SDXL_BASE_UNET
-    rows = [measure(args, unet_config, s, c == "on", b) for s in args.students for c in args.checkpointing
-            for b in args.batch]
+    rows = [row for s in args.students for c in args.checkpointing for row in measure(args, unet_config, s, c == "on")]
     from diffusers.models import UNet2DConditionModel
 
     with torch.device("meta"):
@@ -155,14 +182,17 @@ def main() -> None:
               "cycles": args.cycles, "rows": [r.__dict__ for r in rows]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu-dmd2-sdxl-step.json").write_text(json.dumps(result, indent=2))
+    path = out / "gpu-dmd2-sdxl-step.json"
+    result["rows"] = _merge(path, result)
+    path.write_text(json.dumps(result, indent=2))
     lines = ["| student | grad. ckpt | batch | status | s/step (mean) | student step s | critic step s | peak GiB |",
              "|---|---|---:|---|---:|---:|---:|---:|"]
-    for r in rows:
-        cells = [f"{v:.3f}" if isinstance(v, float) else "-" for v in
-                 (r.seconds_per_step, r.student_step_seconds, r.critic_step_seconds, r.peak_memory_gib)]
-        lines.append(f"| {r.student} | {'on' if r.gradient_checkpointing else 'off'} | {r.batch} | {r.status} | "
-                     + " | ".join(cells) + " |")
+    for r in result["rows"]:       # with the rows kept from earlier runs
+        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else "-" for k in
+                 ("seconds_per_step", "student_step_seconds", "critic_step_seconds", "peak_memory_gib")]
+        lines.append(f"| {r['student']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['batch']} | "
+                     f"{r['status']} | " + " | ".join(cells) + " |")
+    (out / "gpu-dmd2-sdxl-step.md").write_text("\n".join(lines) + "\n")
     print(f"{result['device']}, UNet {parameters / 1e9:.2f}B parameters, weights {args.weights_dtype}")
     print("\n".join(lines))
 
