@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import SAFE_WEIGHTS_NAME
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -78,3 +79,20 @@ def load_checkpoint(accelerator: Accelerator, path: Path, ema: nn.Module | None)
                                     "checkpoint was written with")
         ema.load_state_dict(load_file(ema_file))
     return json.loads((path / STATE_FILE).read_text())
+
+
+def load_weights(accelerator: Accelerator, path: Path, modules: list[nn.Module], ema: nn.Module | None) -> None:
+    """Only the network weights (and the EMA, when both runs keep one) of a checkpoint, for a run that starts from
+    another run's checkpoint: its optimizers start fresh with its own settings, as in DMD2's second stages.
+    ``modules``: the run's trainable groups in the order they were prepared (accelerate's ``model_<i>`` files).
+    Checkpoints of unsharded runs (one process, DDP, DeepSpeed ZeRO-1/2) only: FSDP shards its files."""
+    for i, module in enumerate(modules):
+        name = SAFE_WEIGHTS_NAME if i == 0 else SAFE_WEIGHTS_NAME.replace(".", f"_{i}.")
+        file = path / name
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} is missing: the checkpoint has fewer networks than this run trains "
+                                    f"({len(modules)}), or it was written sharded (FSDP)")
+        accelerator.unwrap_model(module).load_state_dict(load_file(file))
+    if ema is not None and (path / EMA_FILE).is_file():
+        ema.load_state_dict(load_file(path / EMA_FILE))
+

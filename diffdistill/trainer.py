@@ -29,7 +29,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .data import DataStream
 from .methods.base import Method
 from .models.registry import save_model
@@ -69,6 +69,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     log_with: list[str] = field(default_factory=list)   # accelerate trackers: tensorboard, wandb (if installed)
     cpu: bool = False                 # force the CPU even when a GPU is present
+    # a second stage: start from another run's checkpoint (a checkpoint folder, or a run dir for its newest one):
+    # its weights and EMA, with fresh optimizers and this recipe's settings (DMD2's SD1.5 stage 2 starts so)
+    init_from: str | None = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,6 +121,15 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
         state = load_checkpoint(accelerator, resume, ema)
         data.position = state["data_position"]
         accelerator.print(f"resumed from {resume} at step {state['step']}")
+    elif cfg.init_from:
+        source = init_checkpoint(cfg.init_from)
+        try:
+            load_weights(accelerator, source, [method.trainable()[g] for g in method.groups], ema)
+        except RuntimeError as err:          # load_state_dict: missing / unexpected keys, other shapes
+            raise ValueError(f"trainer.init_from: {source} does not fit this run's networks (another model, "
+                             f"method or LoRA setting?): {err}") from err
+        accelerator.print(f"initialised from {source} (weights and EMA; fresh optimizers); this run counts from "
+                          "step 0")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.log_with:
@@ -197,6 +209,18 @@ def train_step(method: Method, session: TrainingSession, data: DataStream, step:
         if session.ema is not None and phase == session.ema_group:
             session.ema.update_parameters(method.role(session.ema_group))
     return out
+
+
+def init_checkpoint(path: str | Path) -> Path:
+    """The checkpoint ``trainer.init_from`` names: a complete checkpoint folder, or a run dir's newest one."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    newest = latest_checkpoint(path)
+    if newest is None:
+        raise FileNotFoundError(f"trainer.init_from: {str(path)!r} is neither a complete checkpoint folder (with "
+                                f"{STATE_FILE}) nor a run directory with one under checkpoints/")
+    return newest
 
 
 def _optimizer(params: list[nn.Parameter], ocfg: OptimizerConfig, group: str) -> torch.optim.Optimizer:
