@@ -4,6 +4,7 @@ diffdistill/assets/fmnist/<name>/ with a model card that records how it was made
     diffdistill train recipes/dmd2/fmnist_1step.yaml            # stopped at some checkpoint: diffdistill export RUN
     python evaluation/fmnist/compare.py --teacher-steps 0 --student dmd2-1step=RUN --n 1000 --out RUN/eval
     python evaluation/fmnist/ship_student.py RUN --name dmd2_1step --scores RUN/eval/scores.json --command "..."
+    (a second stage started with trainer.init_from: add --earlier-steps/--earlier-seconds of the stages before it)
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main() -> None:
     p.add_argument("--name", required=True, help="folder under diffdistill/assets/fmnist/, e.g. dmd2_1step")
     p.add_argument("--scores", required=True, help="compare.py's JSON for this export")
     p.add_argument("--command", required=True, help="the exact commands that trained and exported it")
+    p.add_argument("--earlier-steps", type=int, default=0,
+                   help="training steps of earlier stages this run started from (trainer.init_from)")
+    p.add_argument("--earlier-seconds", type=float, default=0.0, help="their training wall time in seconds")
     p.add_argument("--log-out", help="where the training log is committed "
                                      "(default evaluation/results/fmnist/<name>_train_log.jsonl)")
     args = p.parse_args()
@@ -42,8 +46,10 @@ def main() -> None:
     method = meta["run_config"]["method"]
     card = {"what": f"Fashion-MNIST {method['name']} student of diffdistill/assets/fmnist/teacher "
                     f"({len(method.get('student_times', [1]))} step(s)), for benchmark B1 and the demo",
-            "command": args.command, "trained_steps": meta.get("trained_steps"),
-            "wall_time_s": round(total_train_seconds(rows), 1), "parameters": count_parameters(load_model(target)),
+            "command": args.command, "trained_steps": meta.get("trained_steps") + args.earlier_steps,
+            "wall_time_s": round(total_train_seconds(rows) + args.earlier_seconds, 1),
+            "earlier_stages": {"steps": args.earlier_steps, "seconds": args.earlier_seconds},
+            "parameters": count_parameters(load_model(target)),
             "hardware": f"{platform.machine()} CPU (2 cores), torch {torch.__version__}",
             "batch_size": meta["run_config"]["trainer"]["batch_size"], "training_log": log_out,
             "scores": {k: v for k, v in scores.items() if k != "rows"} | {"rows": scores["rows"]}}
