@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from diffdistill.evaluate import environment
 from diffdistill.metrics.extractors import FeatureExtractor, FMNISTExtractor, InceptionExtractor, extract_features
 from diffdistill.metrics.inception import InceptionNetwork, random_inception
+from diffdistill.side_by_side import sync
 
 
 def inception_extractor(path: str | None, device: str) -> InceptionExtractor:
@@ -34,10 +35,10 @@ def inception_extractor(path: str | None, device: str) -> InceptionExtractor:
 
 
 def time_batched(extractor: FeatureExtractor, images: Tensor, batch_size: int, device: str) -> tuple[Tensor, float]:
-    _sync(device)
+    sync(torch.device(device))
     start = time.perf_counter()
     features = extract_features(extractor, images, batch_size=batch_size, device=device)
-    _sync(device)
+    sync(torch.device(device))
     return features, time.perf_counter() - start
 
 
@@ -45,10 +46,10 @@ def time_batched(extractor: FeatureExtractor, images: Tensor, batch_size: int, d
 def time_one_at_a_time(extractor: FeatureExtractor, images: Tensor, device: str) -> tuple[Tensor, float]:
     """The loop people write first: one image per call."""
     extractor.to(device)
-    _sync(device)
+    sync(torch.device(device))
     start = time.perf_counter()
     out = [extractor(images[i:i + 1]).cpu() for i in tqdm(range(images.shape[0]), desc="one at a time", leave=False)]
-    _sync(device)
+    sync(torch.device(device))
     return torch.cat(out), time.perf_counter() - start
 
 
@@ -103,11 +104,6 @@ def main() -> None:
     (out / "extraction_speed.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "extraction_speed.md").write_text(markdown(report))
     print(markdown(report))
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

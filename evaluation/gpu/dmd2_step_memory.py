@@ -32,6 +32,7 @@ from diffdistill.methods import build_method
 from diffdistill.models.base import Cond
 from diffdistill.models.diffusers import DiffusersUNet, UNetConfig
 from diffdistill.recipe import resolve
+from diffdistill.side_by_side import sync
 from diffdistill.trainer import make_accelerator, prepare_training, train_step
 
 # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the architecture only; the weights here are random)
@@ -123,10 +124,10 @@ def _time_cycles(args: argparse.Namespace, method, session, trainer, accelerator
     every = method.cfg.student_every
     times: list[tuple[int, float]] = []
     for step in range(every * (1 + args.cycles)):           # the first cycle warms up (allocator, kernels)
-        _sync(accelerator.device)
+        sync(accelerator.device)
         start = time.perf_counter()
         train_step(method, session, data, step, trainer, accelerator, Path(args.out))
-        _sync(accelerator.device)
+        sync(accelerator.device)
         if step >= every:
             times.append((step, time.perf_counter() - start))
     peak = torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else None
@@ -147,11 +148,6 @@ def _merge(path: Path, result: dict) -> list[dict]:
     key = lambda r: (r["student"], r["gradient_checkpointing"], r["batch"])   # noqa: E731
     done = {key(r) for r in result["rows"]}
     return sorted([*result["rows"], *(r for r in old["rows"] if key(r) not in done)], key=key)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from diffdistill.evaluate import environment, image_files, load_images
 from diffdistill.metrics.extractors import InceptionExtractor, extract_features
 from diffdistill.metrics.frechet import FeatureStats, frechet_distance
 from diffdistill.metrics.inception import random_inception, save_clean_fid_layout
+from diffdistill.side_by_side import sync
 
 
 def synthetic_folder(folder: Path, n: int, size: int, seed: int) -> Path:
@@ -47,18 +48,13 @@ def synthetic_folder(folder: Path, n: int, size: int, seed: int) -> Path:
     return folder
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def ours(folder: Path, weights: Path, device: str, batch_size: int) -> tuple[np.ndarray, float]:
     extractor = InceptionExtractor("clean", path=weights, device=device, download=False)
-    _sync(device)
+    sync(torch.device(device))
     start = time.perf_counter()
     features = extract_features(extractor, load_images(image_files(folder)), batch_size=batch_size, device=device,
                                 progress=False)
-    _sync(device)
+    sync(torch.device(device))
     return features.double().numpy(), time.perf_counter() - start
 
 
@@ -67,11 +63,11 @@ def theirs(folder: Path, weights: Path, device: str, batch_size: int, workers: i
     from cleanfid.inception_torchscript import InceptionV3W
 
     model = InceptionV3W(str(weights.parent), download=False, resize_inside=False).to(device).eval()
-    _sync(device)
+    sync(torch.device(device))
     start = time.perf_counter()
     features = fid.get_folder_features(str(folder), model, num_workers=workers, batch_size=batch_size,
                                        device=torch.device(device), mode="clean", verbose=False)
-    _sync(device)
+    sync(torch.device(device))
     return features.astype(np.float64), time.perf_counter() - start
 
 
