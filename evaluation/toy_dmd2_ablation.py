@@ -6,10 +6,10 @@ time-scale rule and backward simulation change where a run takes seconds. The sa
     python evaluation/toy_dmd2_ablation.py --rows 4step no_backsim --seeds 0
 
 Rows (recipe + overrides):
-  1step          recipes/toy/dmd2_gmm2d.yaml: one step, MLP student and critic, the exact mixture as teacher
+  1step          recipes/dmd2/toy_gmm2d.yaml: one step, MLP student and critic, the exact mixture as teacher
   1step_gan      + the GAN head on the critic's features (B1's weights: student 5e-3, critic 1e-2)
   1step_ratio1   one critic update per student update (no two time-scale rule)
-  4step          recipes/toy/dmd2_gmm2d_4step.yaml: four steps, student and critic copies of the trained MLP teacher
+  4step          recipes/dmd2/toy_gmm2d_4step.yaml: four steps, student and critic copies of the trained MLP teacher
   4step_gan      + the GAN head
   4step_ratio1   one critic update per student update
   no_backsim     4step fed noised real data at steps k > 0 instead of its own rollout
@@ -35,13 +35,13 @@ from diffdistill.metrics.distribution import toy_report
 
 GAN = ["method.gan_student_weight=0.005", "method.gan_critic_weight=0.01"]
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "1step": ("recipes/toy/dmd2_gmm2d.yaml", []),
-    "1step_gan": ("recipes/toy/dmd2_gmm2d.yaml", GAN),
-    "1step_ratio1": ("recipes/toy/dmd2_gmm2d.yaml", ["method.student_every=1"]),
-    "4step": ("recipes/toy/dmd2_gmm2d_4step.yaml", []),
-    "4step_gan": ("recipes/toy/dmd2_gmm2d_4step.yaml", GAN),
-    "4step_ratio1": ("recipes/toy/dmd2_gmm2d_4step.yaml", ["method.student_every=1"]),
-    "no_backsim": ("recipes/toy/dmd2_gmm2d_4step.yaml", ["method.backward_simulation=false"]),
+    "1step": ("recipes/dmd2/toy_gmm2d.yaml", []),
+    "1step_gan": ("recipes/dmd2/toy_gmm2d.yaml", GAN),
+    "1step_ratio1": ("recipes/dmd2/toy_gmm2d.yaml", ["method.student_every=1"]),
+    "4step": ("recipes/dmd2/toy_gmm2d_4step.yaml", []),
+    "4step_gan": ("recipes/dmd2/toy_gmm2d_4step.yaml", GAN),
+    "4step_ratio1": ("recipes/dmd2/toy_gmm2d_4step.yaml", ["method.student_every=1"]),
+    "no_backsim": ("recipes/dmd2/toy_gmm2d_4step.yaml", ["method.backward_simulation=false"]),
 }
 METRICS = ("sliced_w2", "on_mode", "modes_covered")
 TEACHER = ("recipes/toy/teacher_gmm2d.yaml", Path("runs/toy-teacher"))

@@ -3,7 +3,7 @@ measured against the exact mixture, plus a scatter per step. Shows whether every
 steps split the modes between them (the failure of a multi-step DMD2 student trained from random weights).
 
     python evaluation/toy_student_steps.py runs/toy-dmd2-4step --name from_teacher
-    # after: diffdistill train recipes/toy/teacher_gmm2d.yaml && diffdistill train recipes/toy/dmd2_gmm2d_4step.yaml
+    # after: diffdistill train recipes/toy/teacher_gmm2d.yaml && diffdistill train recipes/dmd2/toy_gmm2d_4step.yaml
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def test_export_of_a_copied_run_exports_the_copy_not_the_original(tmp_path):
 
 
 def test_dmd2_recipe_trains_and_its_student_samples_with_its_own_schedule(tmp_path):
-    out = cli("train", "recipes/toy/dmd2_gmm2d.yaml", f"output_dir={tmp_path}", "trainer.max_steps=6",
+    out = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={tmp_path}", "trainer.max_steps=6",
               "trainer.log_every=3", "trainer.preview_count=64")
     assert out.returncode == 0, out.stderr
     meta = json.loads((tmp_path / "export" / "diffdistill.json").read_text())
@@ -116,11 +116,11 @@ def test_dmd2_recipe_trains_and_its_student_samples_with_its_own_schedule(tmp_pa
 
 def test_a_run_starts_from_another_runs_checkpoint_with_its_own_settings(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    out = cli("train", "recipes/toy/dmd2_gmm2d.yaml", f"output_dir={first}", "trainer.max_steps=4",
+    out = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={first}", "trainer.max_steps=4",
               "trainer.checkpoint_every=2")
     assert out.returncode == 0, out.stderr
     # a second stage with other maths (TTUR 2) and learning rate 0: its export must be the first run's weights
-    out = cli("train", "recipes/toy/dmd2_gmm2d.yaml", f"output_dir={second}", f"trainer.init_from={first}",
+    out = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={second}", f"trainer.init_from={first}",
               "method.student_every=2", "trainer.max_steps=1", "trainer.optimizers.student.lr=0",
               "trainer.optimizers.critic.lr=0")
     assert out.returncode == 0, out.stderr
@@ -130,10 +130,10 @@ def test_a_run_starts_from_another_runs_checkpoint_with_its_own_settings(tmp_pat
     a, b = (load_file(d / "export" / "model.safetensors") for d in (first, second))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((second / "export" / "diffdistill.json").read_text())["trained_steps"] == 1
-    missing = cli("train", "recipes/toy/dmd2_gmm2d.yaml", f"output_dir={tmp_path / 'third'}",
+    missing = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={tmp_path / 'third'}",
                   f"trainer.init_from={tmp_path / 'nowhere'}")
     assert missing.returncode == 2 and "neither a complete checkpoint folder" in missing.stderr
-    other = cli("train", "recipes/toy/dmd2_gmm2d.yaml", f"output_dir={tmp_path / 'fourth'}",
+    other = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={tmp_path / 'fourth'}",
                 f"trainer.init_from={first}", "student.hidden=64", "trainer.max_steps=1")
     assert other.returncode == 2 and "does not fit this run's networks" in other.stderr
 

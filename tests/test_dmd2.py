@@ -124,7 +124,7 @@ def test_four_step_dmd2_from_a_teacher_initialised_student_keeps_every_mode(tmp_
 
     Why the start matters: the critic models the MIXTURE of all steps' outputs, and KL(mixture || data) is as small
     when the steps split the modes between them as when each covers all of them. From random weights that is what
-    happens (measured with recipes/toy/dmd2_gmm2d.yaml at 4 steps: each step's output collapsed into its own region,
+    happens (measured with recipes/dmd2/toy_gmm2d.yaml at 4 steps: each step's output collapsed into its own region,
     final sliced W2 2.65, no mode); from the teacher every step starts near the data and the split never forms.
     Measured at this seed: sliced W2 0.19 -> 0.24 (floor 0.15), on-mode 0.57 -> 0.63, 8/8 modes."""
     torch.manual_seed(0)

@@ -68,7 +68,7 @@ class DMD2(Method):
             warnings.warn("a multi-step DMD2 student with a network of its own (a `student:` section) must start from "
                           "trained weights: from random weights its steps split the modes between them (the critic "
                           "fits the mixture of all steps' outputs). Drop the `student:` section to copy the teacher, "
-                          "or give it `pretrained:`. See recipes/toy/dmd2_gmm2d_4step.yaml.", stacklevel=2)
+                          "or give it `pretrained:`. See recipes/dmd2/toy_gmm2d_4step.yaml.", stacklevel=2)
         self.student = student if student is not None else role_copy(teacher, cfg.student_lora)
         self.critic = critic if critic is not None else role_copy(teacher, cfg.critic_lora)
         self.times = torch.tensor(cfg.student_times, dtype=torch.float64)
