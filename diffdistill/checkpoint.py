@@ -5,7 +5,7 @@ Layout of a run directory::
     run_dir/config.yaml                  the resolved recipe
     run_dir/metrics.jsonl                one JSON line per logged step
     run_dir/checkpoints/step-000100/     accelerate.save_state (models as safetensors, optimizers, RNG states)
-                        trainer_state.json  step, data position, last loss
+                        trainer_state.json  step, data position, last loss, wall time, earlier stages
                         ema.safetensors     EMA weights (if any)
     run_dir/export/                      the exported student (diffdistill.json + weights; diffusers layout for UNet/Wan)
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .data import DataStream
+from .lineage import run_log_seconds, stages_before
 from .methods.base import Method
 from .models.registry import save_model
 from .visual import save_samples
@@ -128,6 +129,7 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
         except RuntimeError as err:          # load_state_dict: missing / unexpected keys, other shapes
             raise ValueError(f"trainer.init_from: {source} does not fit this run's networks (another model, "
                              f"method or LoRA setting?): {err}") from err
+        state["lineage"] = stages_before(source)
         accelerator.print(f"initialised from {source} (weights and EMA; fresh optimizers); this run counts from "
                           "step 0")
     if accelerator.is_main_process:
@@ -136,6 +138,11 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
             accelerator.init_trackers(run_dir.name, config=run_config or {})
 
     step, logs = state["step"], {}
+    lineage = state.get("lineage", [])
+    # this run's wall time before this launch (checkpoints older than the field: the run's own log)
+    earlier_seconds = state.get("train_seconds")
+    if earlier_seconds is None:
+        earlier_seconds = (run_log_seconds(run_dir, step) or 0.0) if step else 0.0
     window: dict[str, list[float]] = {}     # key -> [sum, count] since the last log line
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     started = time.perf_counter()
@@ -156,18 +163,21 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
             if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
                 _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png")
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                state = {"step": step, "data_position": data.position, "logs": logs}
+                state = {"step": step, "data_position": data.position, "logs": logs, "lineage": lineage,
+                         "train_seconds": round(earlier_seconds + time.perf_counter() - started, 3)}
                 save_checkpoint(accelerator, run_dir, state, ema, cfg.keep_checkpoints)
             if os.environ.get(FAULT_ENV) == str(step):
                 os.kill(os.getpid(), signal.SIGKILL)
     finally:
         bar.close()     # also when a NaN or an interrupt ends the run
 
+    train_seconds = round(earlier_seconds + time.perf_counter() - started, 3)
     export_dir = run_dir / "export"
     if accelerator.is_main_process:
         _preview(method, ema, ema_group, cfg, run_dir / "samples" / "final.png")
         save_model(_export(method, ema), export_dir,
-                   {"run_config": run_config or {}, "sampling": method.sampling_info(), "trained_steps": step})
+                   {"run_config": run_config or {}, "sampling": method.sampling_info(), "trained_steps": step,
+                    "train_seconds": train_seconds, "earlier_stages": lineage})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return FitResult(step, run_dir, export_dir, logs)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffdistill.lineage import total_training
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -129,7 +131,19 @@ def test_a_run_starts_from_another_runs_checkpoint_with_its_own_settings(tmp_pat
 
     a, b = (load_file(d / "export" / "model.safetensors") for d in (first, second))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((second / "export" / "diffdistill.json").read_text())["trained_steps"] == 1
+    meta = json.loads((second / "export" / "diffdistill.json").read_text())
+    assert meta["trained_steps"] == 1
+    # the export keeps the stage it started from, so tables count the whole model's training
+    (stage,) = meta["earlier_stages"]
+    first_state = json.loads((first / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
+    assert stage == {"run": str(first), "checkpoint": "step-000004", "steps": 4,
+                     "seconds": first_state["train_seconds"]} and stage["seconds"] > 0
+    third = tmp_path / "third-stage"
+    out = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={third}", f"trainer.init_from={second}",
+              "trainer.max_steps=2")
+    assert out.returncode == 0, out.stderr
+    meta3 = json.loads((third / "export" / "diffdistill.json").read_text())
+    assert [s["steps"] for s in meta3["earlier_stages"]] == [4, 1] and total_training(meta3)[0] == 7
     missing = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={tmp_path / 'third'}",
                   f"trainer.init_from={tmp_path / 'nowhere'}")
     assert missing.returncode == 2 and "neither a complete checkpoint folder" in missing.stderr

@@ -31,6 +31,7 @@ def test_each_row_trains_with_its_one_change_and_all_are_scored_in_one_run(tmp_p
     teacher, *students = result["rows"]
     assert teacher["nfe"] == 2 and teacher["speed_ratio_vs_teacher"] == 1.0          # CFG: two evaluations a step
     assert [s["nfe"] for s in students] == [1, 1, 4] and all(s["trained_steps"] == 1 for s in students)
+    assert all(s["train_seconds"] > 0 and s["stages"] == 1 for s in students)     # from the export, not a log
     for row in result["rows"]:
         assert row["fid_fmnist"] > 0 and 0 <= row["class_accuracy"] <= 1 and row["speed_ratio_vs_teacher"] > 0
     assert (out / "table.md").read_text().count("\n| ") == 5         # header + 4 rows

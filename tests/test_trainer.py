@@ -156,6 +156,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_data_order(tm
     assert killed.returncode == -9                                 # SIGKILL: no cleanup ran
     assert latest_checkpoint(tmp_path / "killed").name == "step-000006"
     assert not (tmp_path / "killed" / "export").exists()
+    before_kill = json.loads((latest_checkpoint(tmp_path / "killed") / "trainer_state.json").read_text())
     resumed = _train_cli(tmp_path / "killed", 12)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout + resumed.stderr
@@ -170,6 +171,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_data_order(tm
         assert resumed_rows[step]["model/denoise"] == full_rows[step]["model/denoise"]
     state = json.loads((latest_checkpoint(tmp_path / "killed") / "trainer_state.json").read_text())
     assert state["step"] == 12 and state["data_position"] == 12
+    # the run's clock continues from the checkpoint (the killed launch's time after step 6 is lost, not doubled)
+    assert state["train_seconds"] > before_kill["train_seconds"] > 0
 
 
 def test_resume_with_different_maths_is_refused(tmp_path):

@@ -19,24 +19,21 @@ from pathlib import Path
 
 import torch
 from bench import class_rows, sample_setting
-from ship_teacher import total_train_seconds
 
+from diffdistill.lineage import run_log_seconds, total_training
 from diffdistill.metrics.fmnist import FMNISTEvaluator
 from diffdistill.models.registry import find_export, load_model, read_export_meta
 from diffdistill.visual import save_samples
 
 
 def run_stats(export: Path) -> dict:
-    """Training steps and wall time of the run that wrote ``export`` (its last metrics.jsonl line)."""
-    log = export.parent / "metrics.jsonl"
+    """Training steps and wall time of the model in ``export``, all stages added up (trainer.init_from lineage).
+    Exports written before the trainer recorded ``train_seconds`` fall back to their run's metrics.jsonl."""
     meta = read_export_meta(export)
-    stats = {"trained_steps": meta.get("trained_steps"), "train_seconds": None}
-    if log.is_file():
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if stats["trained_steps"] is None or r["step"] <= stats["trained_steps"]]
-        if rows:     # a resumed run's log restarts its clock at each launch: add the launches up
-            stats["train_seconds"] = round(total_train_seconds(rows), 1)
-    return stats
+    if meta.get("train_seconds") is None:
+        meta = meta | {"train_seconds": run_log_seconds(export.parent, meta.get("trained_steps"))}
+    steps, seconds = total_training(meta)
+    return {"trained_steps": steps, "train_seconds": seconds, "stages": 1 + len(meta.get("earlier_stages", []))}
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ diffdistill/assets/fmnist/<name>/ with a model card that records how it was made
     diffdistill train recipes/dmd2/fmnist_1step.yaml            # stopped at some checkpoint: diffdistill export RUN
     python evaluation/fmnist/compare.py --teacher-steps 0 --student dmd2-1step=RUN --n 1000 --out RUN/eval
     python evaluation/fmnist/ship_student.py RUN --name dmd2_1step --scores RUN/eval/scores.json --command "..."
-    (a second stage started with trainer.init_from: add --earlier-steps/--earlier-seconds of the stages before it)
+    (a stage started with trainer.init_from: the export's lineage adds the earlier stages' steps and time; for exports
+    written before the trainer recorded it, pass --earlier-steps/--earlier-seconds)
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from ship_teacher import total_train_seconds
 
+from diffdistill.lineage import logged_seconds, total_training
 from diffdistill.metrics.fmnist import ASSETS
 from diffdistill.models.registry import count_parameters, load_model, read_export_meta
 
@@ -29,7 +30,7 @@ def main() -> None:
     p.add_argument("--scores", required=True, help="compare.py's JSON for this export")
     p.add_argument("--command", required=True, help="the exact commands that trained and exported it")
     p.add_argument("--earlier-steps", type=int, default=0,
-                   help="training steps of earlier stages this run started from (trainer.init_from)")
+                   help="training steps of earlier stages an export without a recorded lineage started from")
     p.add_argument("--earlier-seconds", type=float, default=0.0, help="their training wall time in seconds")
     p.add_argument("--log-out", help="where the training log is committed "
                                      "(default evaluation/results/fmnist/<name>_train_log.jsonl)")
@@ -39,6 +40,12 @@ def main() -> None:
     meta = read_export_meta(run / "export")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["step"] <= meta.get("trained_steps", r["step"])]     # up to the exported step
+    if meta.get("train_seconds") is None:            # exports from before the trainer recorded it
+        meta["train_seconds"] = round(logged_seconds(rows), 1)
+    if args.earlier_steps or args.earlier_seconds:
+        meta["earlier_stages"] = [*meta.get("earlier_stages", []), {"run": "given on the command line",
+                                  "steps": args.earlier_steps, "seconds": args.earlier_seconds}]
+    steps, seconds = total_training(meta)
     scores = json.loads(Path(args.scores).read_text())
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(run / "export", target, ignore=shutil.ignore_patterns("samples-*"))
@@ -46,9 +53,8 @@ def main() -> None:
     method = meta["run_config"]["method"]
     card = {"what": f"Fashion-MNIST {method['name']} student of diffdistill/assets/fmnist/teacher "
                     f"({len(method.get('student_times', [1]))} step(s)), for benchmark B1 and the demo",
-            "command": args.command, "trained_steps": meta.get("trained_steps") + args.earlier_steps,
-            "wall_time_s": round(total_train_seconds(rows) + args.earlier_seconds, 1),
-            "earlier_stages": {"steps": args.earlier_steps, "seconds": args.earlier_seconds},
+            "command": args.command, "trained_steps": steps, "wall_time_s": seconds,
+            "earlier_stages": meta.get("earlier_stages", []),
             "parameters": count_parameters(load_model(target)),
             "hardware": f"{platform.machine()} CPU (2 cores), torch {torch.__version__}",
             "batch_size": meta["run_config"]["trainer"]["batch_size"], "training_log": log_out,

@@ -20,18 +20,9 @@ from pathlib import Path
 
 import torch
 
+from diffdistill.lineage import logged_seconds
 from diffdistill.metrics.fmnist import ASSETS
 from diffdistill.models.registry import count_parameters, load_model, read_export_meta
-
-
-def total_train_seconds(rows: list[dict]) -> float:
-    """Sum the segments of a log whose time_s restarts from 0 at every resume."""
-    total, last = 0.0, 0.0
-    for row in rows:
-        if row["time_s"] < last:
-            total += last
-        last = row["time_s"]
-    return total + last
 
 
 def main() -> None:
@@ -55,7 +46,7 @@ def main() -> None:
     shutil.copy(run / "metrics.jsonl", args.log_out)
     model = load_model(target)
     stage = {"command": args.command, "trained_steps": meta.get("trained_steps"),
-            "wall_time_s": round(total_train_seconds(rows), 1), "final_loss": rows[-1].get("model/denoise"),
+            "wall_time_s": round(logged_seconds(rows), 1), "final_loss": rows[-1].get("model/denoise"),
             "parameters": count_parameters(model), "hardware": f"{platform.machine()} CPU (2 cores), torch {torch.__version__}",
             "batch_size": meta["run_config"]["trainer"]["batch_size"], "training_log": args.log_out,
             "note": "wall time summed over the run's segments (time_s restarts when a run resumes); the steps "

@@ -1,0 +1,61 @@
+"""How much training a model took, across the stages that made it.
+
+A run started with ``trainer.init_from`` continues another run's weights (DMD2's second stages, a teacher's
+fine-tune), so its own step count and clock undercount what the model cost. Each checkpoint therefore records
+``train_seconds`` (this run's wall time, summed over resumes) and ``lineage``: one entry per earlier stage with its
+run, checkpoint, steps and seconds. The export carries both, so benchmark tables report whole-model totals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import STATE_FILE
+
+
+def logged_seconds(rows: list[dict[str, Any]]) -> float:
+    """Wall time of a ``metrics.jsonl`` log whose ``time_s`` restarts from 0 at every resume: add the launches up.
+    The steps between a launch's last log line and its stop are not counted."""
+    total, last = 0.0, 0.0
+    for row in rows:
+        if row["time_s"] < last:
+            total += last
+        last = row["time_s"]
+    return total + last
+
+
+def run_log_seconds(run_dir: str | Path, up_to_step: int | None = None) -> float | None:
+    """A run's training wall time from its ``metrics.jsonl`` up to ``up_to_step`` (None: no log or no lines)."""
+    log = Path(run_dir) / "metrics.jsonl"
+    if not log.is_file():
+        return None
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
+    return round(logged_seconds(rows), 1) if rows else None
+
+
+def stages_before(source: str | Path) -> list[dict[str, Any]]:
+    """The stages a run started from checkpoint ``source`` builds on: the source's own lineage, then the source.
+    Checkpoints written before ``train_seconds`` was recorded fall back to their run's ``metrics.jsonl``."""
+    source = Path(source)
+    state = json.loads((source / STATE_FILE).read_text())
+    run_dir = source.parent.parent          # run_dir/checkpoints/step-N
+    seconds = state.get("train_seconds")
+    if seconds is None:
+        seconds = run_log_seconds(run_dir, state["step"])
+    return [*state.get("lineage", []),
+            {"run": str(run_dir), "checkpoint": source.name, "steps": state["step"], "seconds": seconds}]
+
+
+def total_training(meta: dict[str, Any]) -> tuple[int | None, float | None]:
+    """(steps, seconds) of an export's whole lineage: its own run plus every earlier stage.
+    Seconds is None when any stage's time is unknown, rather than an undercount."""
+    stages = meta.get("earlier_stages", [])
+    steps = meta.get("trained_steps")
+    if steps is not None:
+        steps += sum(s["steps"] for s in stages)
+    parts = [meta.get("train_seconds"), *(s["seconds"] for s in stages)]
+    seconds = None if any(p is None for p in parts) else round(sum(parts), 1)
+    return steps, seconds
