@@ -92,7 +92,25 @@ def load_weights(accelerator: Accelerator, path: Path, modules: list[nn.Module],
         if not file.is_file():
             raise FileNotFoundError(f"{file} is missing: the checkpoint has fewer networks than this run trains "
                                     f"({len(modules)}), or it was written sharded (FSDP)")
-        accelerator.unwrap_model(module).load_state_dict(load_file(file))
+        for note in load_whole_submodules(accelerator.unwrap_model(module), load_file(file)):
+            accelerator.print(f"{file.name}: {note}")
     if ema is not None and (path / EMA_FILE).is_file():
         ema.load_state_dict(load_file(path / EMA_FILE))
 
+
+
+def load_whole_submodules(module: nn.Module, state: dict[str, Any]) -> list[str]:
+    """``module.load_state_dict(state)``, except that a whole submodule on one side only is allowed: a stage that
+    drops an add-on the earlier stage trained (a GAN head, for a no-GAN ablation from the shipped stage 1) leaves its
+    weights out, and a stage that adds one starts it fresh. Anything else that does not match (missing or extra
+    weights inside a shared submodule, other shapes) raises load_state_dict's RuntimeError. Returns what was skipped."""
+    own = module.state_dict().keys()
+    children = {name for name, _ in module.named_children()}
+    extra = {k.split(".", 1)[0] for k in state.keys() - own}
+    fresh = {k.split(".", 1)[0] for k in own - state.keys()}
+    in_checkpoint = {k.split(".", 1)[0] for k in state}
+    if extra & children or fresh & in_checkpoint:        # a partial submodule: another architecture, not an add-on
+        module.load_state_dict(state)                    # raises, naming the keys
+    module.load_state_dict({k: v for k, v in state.items() if k.split(".", 1)[0] not in extra}, strict=False)
+    return ([f"left out {name} (this run has none)" for name in sorted(extra)]
+            + [f"{name} starts fresh (the checkpoint has none)" for name in sorted(fresh)])

@@ -209,3 +209,23 @@ def test_gan_terms_send_gradient_into_the_head_and_the_student():
     m.loss("student", batch, 0)[0].backward()
     without_gan = grads(m.student)
     assert "student/gan" in logs and any(not torch.allclose(with_gan[n], without_gan[n]) for n in with_gan)
+
+
+def test_a_stage_without_the_gan_head_starts_from_a_critic_that_had_one_and_back():
+    from diffdistill.checkpoint import load_whole_submodules
+
+    with_head = toy_dmd2(gan_student_weight=0.5, gan_critic_weight=1.0).critic
+    without = toy_dmd2().critic
+    notes = load_whole_submodules(without, with_head.state_dict())          # a no-GAN ablation from a GAN stage
+    assert notes == ["left out gan_head (this run has none)"]
+    body = {k: v for k, v in with_head.state_dict().items() if not k.startswith("gan_head")}
+    assert body.keys() == without.state_dict().keys()
+    assert all(torch.equal(v, without.state_dict()[k]) for k, v in body.items())
+    fresh = toy_dmd2(gan_student_weight=0.5, gan_critic_weight=1.0).critic
+    head_before = {k: v.clone() for k, v in fresh.gan_head.state_dict().items()}
+    assert load_whole_submodules(fresh, without.state_dict()) == ["gan_head starts fresh (the checkpoint has none)"]
+    assert all(torch.equal(head_before[k], v) for k, v in fresh.gan_head.state_dict().items())
+    partial = dict(body)
+    partial.pop(next(iter(partial)))                 # a weight missing inside the shared body: another network
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_whole_submodules(toy_dmd2().critic, partial)
