@@ -1,10 +1,16 @@
 """Training totals across stages: the log-summing rule, the fallback for old checkpoints, unknown times."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from diffdistill.lineage import logged_seconds, run_log_seconds, stages_before, total_training
+from diffdistill.lineage import (
+    logged_seconds,
+    run_log_seconds,
+    stages_before,
+    total_training,
+)
 
 
 def test_logged_seconds_adds_up_launches_whose_clock_restarts():
@@ -40,3 +46,13 @@ def test_total_training_adds_every_stage_and_refuses_to_undercount():
     assert total_training({"trained_steps": 10, "train_seconds": 7.0}) == (10, 7.0)
     unknown = [{"steps": 100, "seconds": None}]
     assert total_training({"trained_steps": 10, "train_seconds": 7.0, "earlier_stages": unknown}) == (110, None)
+
+
+@pytest.mark.parametrize("name", ["dmd2_1step", "dmd2_4step"])
+def test_shipped_students_record_the_stages_their_cards_add_up(name):
+    # compare.py's steps / time columns read the export's lineage; the card states the same totals
+    folder = Path(__file__).resolve().parents[1] / "diffdistill" / "assets" / "fmnist" / name
+    meta = json.loads((folder / "diffdistill.json").read_text())
+    card = json.loads((folder / "card.json").read_text())
+    assert len(meta["earlier_stages"]) == 1 and meta["earlier_stages"] == card["earlier_stages"]
+    assert total_training(meta) == (card["trained_steps"], card["wall_time_s"])
