@@ -25,6 +25,9 @@ def test_each_row_trains_with_its_one_change_and_all_are_scored_in_one_run(tmp_p
     assert method["1step"]["gan_student_weight"] > 0 and method["no_gan"]["gan_student_weight"] == 0
     assert method["no_gan"]["gan_critic_weight"] == 0 and method["no_gan"]["student_times"] == method["1step"]["student_times"]
     assert method["no_backsim"]["backward_simulation"] is False and len(method["no_backsim"]["student_times"]) == 4
+    assert method["no_backsim"]["student_every"] == 1        # the four-step stage 2: one critic update per student update
+    first = yaml.safe_load((runs / "b1-no_backsim" / "stage1" / "config.yaml").read_text())["method"]
+    assert first["student_every"] == 5                        # stage 1's fresh critic keeps DMD2's ratio
     result = json.loads((out / "table.json").read_text())
     names = [r["name"] for r in result["rows"]]
     assert names == ["teacher 1 steps", "1step", "no_gan", "no_backsim"]

@@ -6,7 +6,7 @@ teacher in one compare.py run. Meant for a GPU (each row is thousands of steps);
 
 Rows (the shipped students' schedules; an ablation makes its one change in every stage of its base row):
   1step        recipes/dmd2/fmnist_1step.yaml 4500 steps, then recipes/dmd2/fmnist_1step_stage2.yaml 1000 steps
-  4step        recipes/dmd2/fmnist_4step.yaml 1250 steps, then recipes/dmd2/fmnist_4step_stage2.yaml 1500 steps
+  4step        recipes/dmd2/fmnist_4step.yaml 1250 steps, then recipes/dmd2/fmnist_4step_stage2.yaml 750 steps (ratio 1)
   no_gan       1step without the GAN head and terms (gan weights 0)
   ratio1       1step with one critic update per student update (student_every 1, no two time-scale rule; the same
                trainer steps, so the same critic updates and five times the student updates)
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 ONE_STEP = [("recipes/dmd2/fmnist_1step.yaml", 4500), ("recipes/dmd2/fmnist_1step_stage2.yaml", 1000)]
-FOUR_STEP = [("recipes/dmd2/fmnist_4step.yaml", 1250), ("recipes/dmd2/fmnist_4step_stage2.yaml", 1500)]
+FOUR_STEP = [("recipes/dmd2/fmnist_4step.yaml", 1250), ("recipes/dmd2/fmnist_4step_stage2.yaml", 750)]
 ROWS: dict[str, tuple[list[tuple[str, int]], list[str]]] = {
     "1step": (ONE_STEP, []),
     "4step": (FOUR_STEP, []),
