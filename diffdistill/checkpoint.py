@@ -98,7 +98,6 @@ def load_weights(accelerator: Accelerator, path: Path, modules: list[nn.Module],
         ema.load_state_dict(load_file(path / EMA_FILE))
 
 
-
 def load_whole_submodules(module: nn.Module, state: dict[str, Any]) -> list[str]:
     """``module.load_state_dict(state)``, except that a whole submodule on one side only is allowed: a stage that
     drops an add-on the earlier stage trained (a GAN head, for a no-GAN ablation from the shipped stage 1) leaves its
