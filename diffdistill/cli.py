@@ -19,13 +19,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from .config import ConfigError, dump_yaml, load_yaml
 from .models.registry import MODEL_KINDS, build_model, count_parameters, find_export, load_model, read_export_meta
-from .recipe import resolve
+from .recipe import RunConfig, resolve
 
 EXIT_BAD_INPUT = 2
 
@@ -166,13 +166,25 @@ def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) 
                       f"{run.trainer.max_steps} steps -> {run_dir}")
     started = time.perf_counter()
     try:
-        result = fit(method, data, run.trainer, run_dir, accelerator, resolved)
+        result = fit(method, data, run.trainer, run_dir, accelerator, resolved, _start_lineage(run))
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     accelerator.print(f"done: step {result.step} in {time.perf_counter() - started:.1f} s; exported to "
                       f"{result.export_dir}; samples in {run_dir / 'samples'}")
     return 0
+
+
+def _start_lineage(run: RunConfig) -> list[dict[str, Any]]:
+    """Earlier stages of a student that starts from one of our exports (``student: {pretrained: <export>}``): a
+    further stage of a shipped student counts the training it continues. The teacher's (``model:``) and the
+    critic's training are not the student's cost, as in the benchmark tables."""
+    from .lineage import stages_of_export
+
+    spec = run.student
+    if not spec or not spec.get("pretrained"):
+        return []
+    return stages_of_export(spec["pretrained"])
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """How much training a model took, across the stages that made it.
 
 A run started with ``trainer.init_from`` continues another run's weights (DMD2's second stages, a teacher's
-fine-tune), so its own step count and clock undercount what the model cost. Each checkpoint therefore records
+fine-tune), and a run whose trained network starts from one of our exports (a ``student: {pretrained: <export>}``
+section) continues that export's training; either way its own step count and clock undercount what the model cost. Each checkpoint therefore records
 ``train_seconds`` (this run's wall time, summed over resumes) and ``lineage``: one entry per earlier stage with its
 run, checkpoint, steps and seconds. The export carries both, so benchmark tables report whole-model totals.
 """
@@ -47,6 +48,21 @@ def stages_before(source: str | Path) -> list[dict[str, Any]]:
         seconds = run_log_seconds(run_dir, state["step"])
     return [*state.get("lineage", []),
             {"run": str(run_dir), "checkpoint": source.name, "steps": state["step"], "seconds": seconds}]
+
+
+def stages_of_export(directory: str | Path) -> list[dict[str, Any]]:
+    """The stages a network started from export ``directory`` builds on: the export's own lineage, then the export's
+    run (its ``trained_steps`` and ``train_seconds``). Empty for a folder that is not one of our trained exports
+    (a diffusers pipeline, a hub model): its training is not ours to count."""
+    meta_path = Path(directory) / "diffdistill.json"
+    if not meta_path.is_file():
+        return []
+    meta = json.loads(meta_path.read_text())
+    if meta.get("trained_steps") is None:
+        return []
+    return [*meta.get("earlier_stages", []),
+            {"run": str(directory), "checkpoint": "export", "steps": meta["trained_steps"],
+             "seconds": meta.get("train_seconds")}]
 
 
 def total_training(meta: dict[str, Any]) -> tuple[int | None, float | None]:

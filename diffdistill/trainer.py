@@ -110,8 +110,11 @@ def make_accelerator(cfg: TrainerConfig, run_dir: Path) -> Accelerator:
 
 
 def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Path, accelerator: Accelerator,
-        run_config: dict[str, Any] | None = None) -> FitResult:
-    """Train ``method`` on ``data`` until ``cfg.max_steps``, resuming from the newest checkpoint in ``run_dir``."""
+        run_config: dict[str, Any] | None = None, start_lineage: list[dict[str, Any]] | None = None) -> FitResult:
+    """Train ``method`` on ``data`` until ``cfg.max_steps``, resuming from the newest checkpoint in ``run_dir``.
+
+    ``start_lineage``: the earlier stages the trained network's starting weights already cost (an exported student
+    it continues, ``lineage.stages_of_export``); a fresh run records them, a resumed run keeps its checkpoint's."""
     run_dir = Path(run_dir)
     session = prepare_training(method, cfg, accelerator)
     ema, ema_group = session.ema, session.ema_group
@@ -132,6 +135,8 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
         state["lineage"] = stages_before(source)
         accelerator.print(f"initialised from {source} (weights and EMA; fresh optimizers); this run counts from "
                           "step 0")
+    elif start_lineage:
+        state["lineage"] = list(start_lineage)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.log_with:

@@ -151,3 +151,26 @@ def test_a_run_starts_from_another_runs_checkpoint_with_its_own_settings(tmp_pat
                 f"trainer.init_from={first}", "student.hidden=64", "trainer.max_steps=1")
     assert other.returncode == 2 and "does not fit this run's networks" in other.stderr
 
+
+
+def test_a_student_continued_from_an_export_counts_the_exports_training(tmp_path):
+    import yaml
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    out = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={first}", "trainer.max_steps=4")
+    assert out.returncode == 0, out.stderr
+    recipe = yaml.safe_load((REPO / "recipes" / "dmd2" / "toy_gmm2d.yaml").read_text())
+    recipe["student"] = {"kind": "mlp", "pretrained": str(first / "export")}   # a further stage of a shipped student
+    (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(recipe))
+    out = cli("train", tmp_path / "stage2.yaml", f"output_dir={second}", "trainer.max_steps=2",
+              "trainer.optimizers.student.lr=0")
+    assert out.returncode == 0, out.stderr
+    from safetensors.torch import load_file
+
+    a, b = (load_file(d / "export" / "model.safetensors") for d in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)                    # the student did start from the export
+    first_meta = json.loads((first / "export" / "diffdistill.json").read_text())
+    meta = json.loads((second / "export" / "diffdistill.json").read_text())
+    assert meta["earlier_stages"] == [{"run": str(first / "export"), "checkpoint": "export", "steps": 4,
+                                       "seconds": first_meta["train_seconds"]}]
+    assert total_training(meta) == (6, round(first_meta["train_seconds"] + meta["train_seconds"], 1))

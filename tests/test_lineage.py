@@ -9,6 +9,7 @@ from diffdistill.lineage import (
     logged_seconds,
     run_log_seconds,
     stages_before,
+    stages_of_export,
     total_training,
 )
 
@@ -38,6 +39,17 @@ def test_stages_before_reads_the_checkpoint_or_falls_back_to_its_runs_log(tmp_pa
     assert stages_before(new) == [*earlier, {"run": str(tmp_path / "new"), "checkpoint": "step-000040",
                                              "steps": 40, "seconds": 33.3}]
     assert run_log_seconds(tmp_path / "nowhere") is None
+
+
+def test_stages_of_export_counts_our_trained_exports_only(tmp_path):
+    earlier = [{"run": "a", "checkpoint": "step-000100", "steps": 100, "seconds": 50.0}]
+    (tmp_path / "diffdistill.json").write_text(json.dumps({"trained_steps": 30, "train_seconds": 12.5,
+                                                            "earlier_stages": earlier}))
+    assert stages_of_export(tmp_path) == [*earlier, {"run": str(tmp_path), "checkpoint": "export", "steps": 30,
+                                                     "seconds": 12.5}]
+    (tmp_path / "diffdistill.json").write_text(json.dumps({"model": {"kind": "unet"}}))   # no training recorded
+    assert stages_of_export(tmp_path) == []
+    assert stages_of_export(tmp_path / "a-diffusers-pipeline") == []
 
 
 def test_total_training_adds_every_stage_and_refuses_to_undercount():
