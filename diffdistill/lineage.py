@@ -4,7 +4,8 @@ A run started with ``trainer.init_from`` continues another run's weights (DMD2's
 fine-tune), and a run whose trained network starts from one of our exports (a ``student: {pretrained: <export>}``
 section) continues that export's training; either way its own step count and clock undercount what the model cost.
 Each checkpoint therefore records ``train_seconds`` (this run's wall time, summed over resumes) and ``lineage``: one
-entry per earlier stage with its run, checkpoint, steps and seconds. The export carries both, so benchmark tables report whole-model totals.
+entry per earlier stage with its run, checkpoint, steps and seconds. The export carries both, so benchmark tables
+report whole-model totals.
 """
 
 from __future__ import annotations
