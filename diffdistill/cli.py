@@ -182,9 +182,9 @@ def _start_lineage(run: RunConfig) -> list[dict[str, Any]]:
     from .lineage import stages_of_export
 
     spec = run.student
-    if not spec or not spec.get("pretrained"):
+    if not spec or not spec.get("pretrained") or not Path(spec["pretrained"]).exists():   # none, or a hub id
         return []
-    return stages_of_export(spec["pretrained"])
+    return stages_of_export(find_export(spec["pretrained"]))     # a run directory means its export/, as it loads
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

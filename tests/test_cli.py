@@ -160,7 +160,7 @@ def test_a_student_continued_from_an_export_counts_the_exports_training(tmp_path
     out = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={first}", "trainer.max_steps=4")
     assert out.returncode == 0, out.stderr
     recipe = yaml.safe_load((REPO / "recipes" / "dmd2" / "toy_gmm2d.yaml").read_text())
-    recipe["student"] = {"kind": "mlp", "pretrained": str(first / "export")}   # a further stage of a shipped student
+    recipe["student"] = {"kind": "mlp", "pretrained": str(first)}   # a further stage: the run's export/ is loaded
     (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(recipe))
     out = cli("train", tmp_path / "stage2.yaml", f"output_dir={second}", "trainer.max_steps=2",
               "trainer.optimizers.student.lr=0")
