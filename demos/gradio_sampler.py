@@ -105,7 +105,7 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True) -> "g
         def on_load(s_path, t_path):
             try:
                 sampler.load(s_path.strip(), t_path.strip() or None)
-            except (FileNotFoundError, ValueError) as err:
+            except (ValueError, OSError) as err:        # missing, damaged or unsuitable exports
                 gr.Warning(str(err))
                 return *(gr.skip(),) * 7, f"**Could not load:** {err}\n\nThe models loaded before stay in use."
             except Exception as err:
@@ -216,7 +216,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default=None,
                    help="text models: the diffusers SD/SDXL pipeline folder for text encoders and VAE")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the demo to the network)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes the demo to "
+                        "the network)")
     p.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
     return p

@@ -41,9 +41,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError) as err:     # FileNotFoundError, DamagedFileError, CheckpointError, ...
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.filename:
+        text = f"{err.filename}: {err.strerror or text}"
+    return " ".join(text.split())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=None, help="standard-form CFG scale (1 = none)")
     s.add_argument("--sampler", choices=["ode", "few_step"], default=None)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default=None, help="PNG path (default: <checkpoint>/samples-<steps>.png)")
+    s.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="text models (SD1.5, SDXL): a prompt; repeat for several (samples cycle through them)")
+    s.add_argument("--prompts-file", default=None, metavar="FILE", help="text models: one prompt per line")
+    s.add_argument("--pipeline", default=None, metavar="FOLDER",
+                   help="text models: the diffusers pipeline folder whose text encoders and VAE to use (default: "
+                        "the teacher folder the run was trained from, recorded in the export)")
+    s.add_argument("--out", default=None, help="PNG path (default: <export dir>/samples-<sampler>-<steps>.png)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("export", help="export the newest checkpoint of a run (EMA weights if kept) to <run>/export")
@@ -137,22 +153,34 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) -> int:
-    from accelerate.utils import set_seed
-
-    from .checkpoint import latest_checkpoint
-    from .data import build_stream, data_config
-    from .methods import build_method, method_groups
+    from .checkpoint import latest_checkpoint, run_lock
+    from .methods import method_groups
     from .recipe import check_resume_compatible
-    from .trainer import NonFiniteLossError, fit, make_accelerator, validate_trainer_config
+    from .trainer import make_accelerator, validate_trainer_config
 
     run, resolved = resolve(recipe, overrides)
     run_dir = Path(run.output_dir)
     validate_trainer_config(run.trainer, method_groups(run.method))
-    if latest_checkpoint(run_dir) is not None and (run_dir / "config.yaml").is_file():
-        check_resume_compatible(load_yaml(run_dir / "config.yaml"), resolved)
     accelerator = make_accelerator(run.trainer, run_dir)
-    if accelerator.is_main_process and write_config:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    # one writer per run folder: held by the job's main process until the run ends (checkpoint.run_lock)
+    with run_lock(accelerator, run_dir):
+        if latest_checkpoint(run_dir) is not None and (run_dir / "config.yaml").is_file():
+            check_resume_compatible(load_yaml(run_dir / "config.yaml"), resolved)
+        return _train_locked(run, resolved, run_dir, accelerator, write_config)
+
+
+def _train_locked(run: RunConfig, resolved: dict, run_dir: Path, accelerator: Any, write_config: bool) -> int:
+    from accelerate.utils import set_seed
+
+    from .checkpoint import latest_checkpoint
+    from .data import build_stream, data_config
+    from .methods import build_method
+    from .trainer import NonFiniteLossError, fit
+
+    # a resumed run rewrites config.yaml (its new max_steps) only once it has trained: a resume that fails (damaged
+    # checkpoints, a NaN) leaves the run folder as it was
+    write_now = write_config and latest_checkpoint(run_dir) is None
+    if accelerator.is_main_process and write_now:
         dump_yaml(resolved, run_dir / "config.yaml")
     set_seed(run.trainer.seed)      # the same initial weights on every rank and in every rerun of this recipe
     model = build_model(run.model)
@@ -170,6 +198,8 @@ def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) 
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if accelerator.is_main_process and write_config and not write_now:
+        dump_yaml(resolved, run_dir / "config.yaml")
     accelerator.print(f"done: step {result.step} in {time.perf_counter() - started:.1f} s; exported to "
                       f"{result.export_dir}; samples in {run_dir / 'samples'}")
     return 0
@@ -197,19 +227,69 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be > 0, got {args.n}")
     directory = find_export(args.checkpoint)
     meta = read_export_meta(directory)
+    prompts = _read_prompts(args.prompt, args.prompts_file)
+    text_model = _is_text_model(meta)
+    if prompts and not text_model:
+        raise ValueError(f"{str(directory)!r} is not a text-conditioned model; --prompt / --prompts-file apply to "
+                         "SD1.5 / SDXL exports only")
+    if text_model and not prompts:
+        raise ValueError(f"{str(directory)!r} is a text-conditioned model: pass --prompt TEXT (repeatable) or "
+                         "--prompts-file FILE (one prompt per line)")
     model = load_model(directory).eval()
     plan = plan_sampling(model, meta.get("sampling", {}), args.steps, args.sampler, args.guidance)
-    samples, _, seconds = generate(model, plan, args.n, seed=args.seed, progress=False)
+    text = uncond = conditioner = None
+    if text_model:
+        conditioner = _prompt_conditioner(args.pipeline, meta, directory)
+        text, uncond = conditioner.conds_many([prompts[i % len(prompts)] for i in range(args.n)], model.data_shape)
+    samples, _, seconds = generate(model, plan, args.n, seed=args.seed, progress=False, text=text, uncond=uncond)
+    if conditioner is not None:       # latents -> pixels through the pipeline's VAE
+        samples = conditioner.decode(samples)
     out = Path(args.out) if args.out else directory / f"samples-{plan.sampler}-{plan.steps}.png"
     save_samples(samples, out, title=f"{plan.sampler}, {plan.steps} steps")
     report = {"samples": args.n, "steps": plan.steps, "sampler": plan.sampler, "guidance": plan.guidance,
               "nfe": plan.nfe, "seconds": round(seconds, 4), "png": str(out)}
+    if prompts:
+        report["prompts"] = prompts
     mixture = trained_mixture(meta)
     if mixture is not None:
         report.update(toy_report(samples, mixture))
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
+    out = [p.strip() for p in prompts if p.strip()]
+    if prompts_file:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts-file {prompts_file!r} does not exist; give a text file with one "
+                                    "prompt per line")
+        out += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not out:
+            raise ValueError(f"--prompts-file {prompts_file!r} holds no prompts (one per line, blank lines skipped)")
+    return out
+
+
+def _is_text_model(meta: dict[str, Any]) -> bool:
+    """UNets without class tokens are prompted (SD1.5 / SDXL); Wan is prompted too."""
+    model = meta.get("model", {})
+    classes = int(meta.get("sampling", {}).get("num_classes", model.get("num_classes", 0)) or 0)
+    return model.get("kind") == "wan" or (model.get("kind") == "unet" and classes == 0)
+
+
+def _prompt_conditioner(pipeline: str | None, meta: dict[str, Any], directory: Path):
+    """The text encoders and VAE of ``pipeline``, or of the teacher folder the export's run was trained from."""
+    from .side_by_side import PromptConditioner
+
+    folder = pipeline or meta.get("run_config", {}).get("model", {}).get("pretrained")
+    if not folder:
+        raise ValueError(f"{str(directory)!r} records no pipeline folder; pass --pipeline FOLDER (the diffusers "
+                         "SD / SDXL folder whose text encoders and VAE the model was trained with)")
+    if meta.get("model", {}).get("kind") != "unet":
+        raise ValueError("prompted sampling from the CLI covers SD1.5 / SDXL UNets; Wan sampling arrives with the "
+                         "video benchmark")
+    return PromptConditioner(folder, torch.device("cpu"))
 
 
 def cmd_demo(argv: list[str]) -> int:

@@ -40,9 +40,30 @@ _Loader.add_implicit_resolver(
 )
 
 
-def safe_load(text: str) -> Any:
-    """Parse YAML without ever constructing Python objects (no eval, no tags)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+def safe_load(text: str, source: str = "YAML text") -> Any:
+    """Parse YAML without ever constructing Python objects (no eval, no tags). Invalid YAML, and tags such as
+    ``!!python/object`` (which SafeLoader refuses to build), raise a one-line :class:`ConfigError` naming ``source``
+    and the line/column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.constructor.ConstructorError as err:
+        raise ConfigError(f"{source}: {_yaml_where(err)}YAML tag {_tag_of(err)} is not allowed; recipes hold plain "
+                          "mappings, lists, numbers and strings only (tags that build Python objects are refused)"
+                          ) from None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source}: invalid YAML: {_yaml_where(err)}{problem}; check brackets, quotes and "
+                          "indentation (quote a value that holds ': ' or starts with '[', '{', '!' or '&')") from None
+
+
+def _yaml_where(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+
+
+def _tag_of(err: Exception) -> str:
+    found = re.search(r"tag '([^']*)'", str(getattr(err, "problem", "")))
+    return repr(found.group(1)) if found else "(unknown)"
 
 
 class ConfigError(ValueError):
@@ -96,7 +117,12 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, path: str = "") -> Any:
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{path or cls.__name__}: missing required key(s) {', '.join(missing)}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:      # a config's own __post_init__ check
+        raise ConfigError(f"{path or cls.__name__}: {err}") from None
 
 
 def coerce(value: Any, tp: Any, path: str) -> Any:
@@ -171,7 +197,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} does not exist; `diffdistill ls` lists the shipped recipes")
-    data = safe_load(path.read_text()) or {}
+    data = safe_load(path.read_text(), f"recipe {str(path)!r}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping at the top level")
     return data
@@ -187,7 +213,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw, f"override {item!r}") if raw.strip() else ""
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})

@@ -58,6 +58,17 @@ class DataStream(Protocol):
     def next(self) -> Batch: ...
 
 
+def batch_at(stream: DataStream, position: int) -> Batch:
+    """Batch number ``position`` of ``stream`` without moving it (every stream is a pure function of its position):
+    previews take their prompts from batch 0, also in a run that has taken no step (an export)."""
+    saved = stream.position
+    stream.position = position
+    try:
+        return stream.next()
+    finally:
+        stream.position = saved
+
+
 def _generator(seed: int, rank: int, position: int) -> torch.Generator:
     # One independent stream per (seed, rank, position): resumable and distinct across ranks.
     key = hashlib.sha256(f"{seed}/{rank}/{position}".encode()).digest()

@@ -71,13 +71,15 @@ def load_images(files: list[Path], limit: int | None = None) -> Tensor:
 
 
 def make_extractor(name: str, value_range: str | None, device: str, inception: str | None = None,
-                   download: bool = True) -> FeatureExtractor:
-    """``inception`` (clean-fid clean), ``inception-legacy`` (pytorch-fid) or ``fmnist`` (benchmark B1)."""
+                   download: bool = True, allow_unverified: bool = False) -> FeatureExtractor:
+    """``inception`` (clean-fid clean), ``inception-legacy`` (pytorch-fid) or ``fmnist`` (benchmark B1).
+    ``allow_unverified``: score with an Inception file whose SHA-256 is not the published one (warned)."""
     if name == "fmnist":
         return FMNISTExtractor(FMNIST_ASSETS, device=device)
     if name in ("inception", "inception-legacy"):
         mode = "clean" if name == "inception" else "legacy"
-        return InceptionExtractor(mode, value_range, path=inception, device=device, download=download)
+        return InceptionExtractor(mode, value_range, path=inception, device=device, download=download,
+                                  allow_unverified=allow_unverified)
     raise ValueError(f"unknown feature extractor {name!r}; choose one of {', '.join(FEATURES)}")
 
 
@@ -199,7 +201,8 @@ def reference_images(args) -> tuple[Tensor, str]:
 
 def run_ref(args) -> dict:
     images, source = reference_images(args)
-    extractor = make_extractor(args.features, None, args.device, args.inception, not args.offline)
+    extractor = make_extractor(args.features, None, args.device, args.inception, not args.offline,
+                               args.allow_unverified_inception)
     feats = features_of(images, extractor, args.features, args.batch_size, args.device)
     ref = Reference.from_features(feats, {**extractor.protocol(), "source": source, "n": str(feats.shape[0])})
     ref.save(args.out)
@@ -231,7 +234,8 @@ def run_eval(args) -> dict:
     else:
         images, labels, source = sample_checkpoint(args)
         value_range = "-1..1"
-    extractor = make_extractor(args.features, value_range, args.device, args.inception, not args.offline)
+    extractor = make_extractor(args.features, value_range, args.device, args.inception, not args.offline,
+                               args.allow_unverified_inception)
     check_protocols(reference.protocol, extractor.protocol())
     feats = features_of(images, extractor, args.features, args.batch_size, args.device, args.feature_cache)
     check_sample_size(feats.shape[0], feats.shape[1], args.allow_small_n)
@@ -251,7 +255,8 @@ def _reference_for(args) -> Reference:
     if args.features == "fmnist":     # B1's reference: the 10k test images, computed once and cached
         cache = Path(args.cache_dir) / "fmnist-test-reference.safetensors"
         if not cache.is_file():
-            run_ref(_RefArgs(args.features, args.device, args.inception, args.offline, args.batch_size, cache))
+            run_ref(_RefArgs(args.features, args.device, args.inception, args.offline, args.batch_size, cache,
+                             allow_unverified_inception=args.allow_unverified_inception))
         return Reference.load(cache)
     raise ValueError("--ref REFERENCE_FILE is needed for Inception features; make one with `diffdistill eval "
                      "ref --images REAL_FOLDER --out FILE`")
@@ -268,6 +273,7 @@ class _RefArgs:
     dataset: str = "fmnist-test"
     images: str | None = None
     limit: int | None = None
+    allow_unverified_inception: bool = False
 
 
 def add_parsers(sub) -> None:
@@ -283,6 +289,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--features", choices=FEATURES, default="inception")
     e.add_argument("--inception", help="Inception weights file (default: $DIFFDISTILL_INCEPTION, cache, download)")
     e.add_argument("--offline", action="store_true", help="never download weights")
+    e.add_argument("--allow-unverified-inception", action="store_true",
+                   help="score with an Inception file whose SHA-256 is not the published one (scores will not "
+                        "match published FIDs); refused without this flag")
     e.add_argument("--n", type=int, default=10_000, help="samples to draw from --checkpoint")
     e.add_argument("--steps", type=int, help="override the model's sampling steps")
     e.add_argument("--sampler", choices=["ode", "few_step"])

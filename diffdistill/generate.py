@@ -72,12 +72,18 @@ def class_labels(n: int, num_classes: int) -> Tensor | None:
 
 @torch.no_grad()
 def generate(model: DiffusionModel, plan: SamplingPlan, n: int, seed: int = 0, batch_size: int = 256,
-             labels: Tensor | None = None, progress: bool = True) -> tuple[Tensor, Tensor | None, float]:
+             labels: Tensor | None = None, progress: bool = True, text: Cond | None = None,
+             uncond: Cond | None = None) -> tuple[Tensor, Tensor | None, float]:
     """``n`` samples [n, *data_shape] in batches, their labels, and the sampling wall time in seconds (noise
-    drawing and batching excluded). Reproducible: one generator seeded with ``seed`` draws all noise."""
+    drawing and batching excluded). Reproducible: one generator seeded with ``seed`` draws all noise.
+
+    Text models: ``text`` is the prompt condition of each sample (batch n) and ``uncond`` its empty-prompt
+    condition, which CFG needs when ``plan.guidance`` is not 1 (side_by_side.PromptConditioner encodes both)."""
     if n <= 0 or batch_size <= 0:
         raise ValueError(f"n and batch_size must be > 0, got n={n}, batch_size={batch_size}")
-    labels = labels if labels is not None else class_labels(n, plan.num_classes)
+    if text is not None and text.batch_size != n:
+        raise ValueError(f"text holds {text.batch_size} conditions for {n} samples; give one per sample")
+    labels = labels if labels is not None or text is not None else class_labels(n, plan.num_classes)
     noise = torch.randn(n, *model.data_shape, generator=torch.Generator().manual_seed(seed))
     device = next(model.parameters()).device
     renoise_gen = torch.Generator(device).manual_seed(seed + 1)     # the few-step sampler's fresh noise
@@ -85,6 +91,10 @@ def generate(model: DiffusionModel, plan: SamplingPlan, n: int, seed: int = 0, b
     out, seconds = [], 0.0
     for i in tqdm(range(0, n, batch_size), desc=f"sampling {plan.steps} steps", disable=not progress, leave=False):
         cond = Cond(labels=labels[i:i + batch_size].to(device)) if labels is not None else None
+        if text is not None:
+            cond = text.map(lambda v: v[i:i + batch_size].to(device))
+            part = uncond.map(lambda v: v[i:i + batch_size].to(device)) if uncond is not None else None
+            net = guided(model, plan.guidance, part)
         x = noise[i:i + batch_size].to(device)
         start = time.perf_counter()
         x = plan.run(net, x, cond, renoise_gen)

@@ -81,9 +81,9 @@ class LatentsStream:
     def _load_null(self, path: Path) -> dict[str, Tensor] | None:
         if not path.is_file():
             return None          # guided teachers then fail with the model's own "no null condition" error
-        from safetensors.torch import load_file
+        from .files import load_safetensors
 
-        return load_file(str(path))
+        return load_safetensors(path, "re-run `diffdistill encode`")
 
     def _take(self, key: str, index: Tensor) -> Tensor:
         rows = []

@@ -29,14 +29,15 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
-from .data import DataStream
+from .checkpoint import STATE_FILE, latest_checkpoint, load_weights, resume_checkpoint, save_checkpoint
+from .data import DataStream, batch_at
 from .lineage import run_log_seconds, stages_before
 from .methods.base import Method
 from .models.registry import save_model
 from .visual import save_samples
 
 FAULT_ENV = "DIFFDISTILL_FAULT_AT_STEP"   # test hook: SIGKILL the run right after this step (simulates a crash)
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -103,10 +104,31 @@ def validate_trainer_config(cfg: TrainerConfig, groups: tuple[str, ...]) -> None
         raise ValueError(f"trainer.ema_group {cfg.ema_group!r} is not one of {list(groups)}")
 
 
+class LaunchError(ValueError):
+    """The processes a launcher started did not form one distributed job."""
+
+
 def make_accelerator(cfg: TrainerConfig, run_dir: Path) -> Accelerator:
+    """The run's Accelerator. Under a multi-process launcher (torchrun, ``accelerate launch``: WORLD_SIZE > 1) on a
+    machine without a GPU, accelerate forms the gloo job only when asked for the CPU, so that is asked for here; a
+    launch that still forms no job of WORLD_SIZE processes is refused, since each process would then train alone
+    into the same run folder.
+
+    ``step_scheduler_with_optimizer=False``: accelerate otherwise steps a prepared LR scheduler once per process at
+    every optimizer step (it assumes the per-process batch shrinks as processes are added), so warm-up would end
+    ``num_processes`` times sooner; here each process keeps its own batch and the LR at step k does not depend on
+    the number of processes."""
     trackers = [t for t in cfg.log_with if t]
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu, log_with=trackers or None,
-                       project_dir=str(run_dir))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = cfg.cpu or (world > 1 and not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, log_with=trackers or None,
+                              project_dir=str(run_dir), step_scheduler_with_optimizer=False)
+    if accelerator.num_processes != world:
+        raise LaunchError(f"launched as {world} processes (WORLD_SIZE={world}) but accelerate formed a job of "
+                          f"{accelerator.num_processes}; each process would train alone into {str(run_dir)!r}. Launch "
+                          "with `accelerate launch` or `torchrun` so that RANK, WORLD_SIZE and MASTER_ADDR are set "
+                          "for every process, or run one process")
+    return accelerator
 
 
 def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Path, accelerator: Accelerator,
@@ -120,11 +142,13 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     ema, ema_group = session.ema, session.ema_group
 
     state: dict[str, Any] = {"step": 0, "data_position": 0}
-    resume = latest_checkpoint(run_dir)
-    if resume is not None:
-        state = load_checkpoint(accelerator, resume, ema)
+    resumed = resume_checkpoint(accelerator, run_dir, ema)
+    if resumed is not None:
+        resume, state = resumed
         data.position = state["data_position"]
         accelerator.print(f"resumed from {resume} at step {state['step']}")
+        if accelerator.is_main_process:
+            _truncate_log(run_dir / METRICS_FILE, state["step"])
     elif cfg.init_from:
         source = init_checkpoint(cfg.init_from)
         try:
@@ -166,7 +190,7 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
                 _log(accelerator, logs, step, run_dir, time.perf_counter() - started)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items()})
             if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
-                _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png")
+                _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png", data)
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 state = {"step": step, "data_position": data.position, "logs": logs, "lineage": lineage,
                          "train_seconds": round(earlier_seconds + time.perf_counter() - started, 3)}
@@ -179,7 +203,7 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     train_seconds = round(earlier_seconds + time.perf_counter() - started, 3)
     export_dir = run_dir / "export"
     if accelerator.is_main_process:
-        _preview(method, ema, ema_group, cfg, run_dir / "samples" / "final.png")
+        _preview(method, ema, ema_group, cfg, run_dir / "samples" / "final.png", data)
         save_model(_export(method, ema), export_dir,
                    {"run_config": run_config or {}, "sampling": method.sampling_info(), "trained_steps": step,
                     "train_seconds": train_seconds, "earlier_stages": lineage})
@@ -307,10 +331,29 @@ def _check_finite(accelerator: Accelerator, loss: torch.Tensor, phase: str, step
 def _log(accelerator: Accelerator, logs: dict[str, float], step: int, run_dir: Path, elapsed: float) -> None:
     row = {"step": step, "time_s": round(elapsed, 3), **logs}
     if accelerator.is_main_process:
-        with open(run_dir / "metrics.jsonl", "a") as fh:
+        with open(run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         if accelerator.log_with:
             accelerator.log(logs, step=step)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines of steps after the checkpoint a run resumes from (a run killed past its last checkpoint
+    logged steps it will now take again) and any line cut short by the kill, so the log stays one line per logged
+    step, in order. The file is rewritten atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def _export(method: Method, ema: AveragedModel | None):
@@ -320,15 +363,18 @@ def _export(method: Method, ema: AveragedModel | None):
     return model
 
 
-def _preview(method: Method, ema: AveragedModel | None, ema_group: str, cfg: TrainerConfig, path: Path) -> None:
-    """Sample with the EMA weights when there are any (swapped in for the call, then restored)."""
+def _preview(method: Method, ema: AveragedModel | None, ema_group: str, cfg: TrainerConfig, path: Path,
+             data: DataStream) -> None:
+    """Sample with the EMA weights when there are any (swapped in for the call, then restored); text models take
+    the prompts of the data's batch 0 (the same images at every preview, and in an export that took no step)."""
     role = method.role(ema_group)
     backup = None
     if ema is not None:
         backup = {k: v.detach().clone() for k, v in role.state_dict().items()}
         role.load_state_dict(ema.module.state_dict())
     try:
-        samples = method.preview(cfg.preview_count)
+        device = next(method.role(ema_group).parameters()).device
+        samples = method.preview(cfg.preview_count, batch=batch_at(data, 0).to(device))
         save_samples(samples, path, title=path.stem)
     finally:
         if backup is not None:

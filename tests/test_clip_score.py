@@ -152,6 +152,25 @@ def test_transformers_output_objects_and_bad_inputs(loaded):
         load_clip("/nonexistent/clip")
 
 
+def test_clip_weights_load_only_from_safetensors(clip_dir, tmp_path):
+    """A pickled pytorch_model.bin can run code when loaded: the loader asks for safetensors and says how to convert."""
+    import shutil
+
+    pickled = shutil.copytree(clip_dir, tmp_path / "pickled")
+    from transformers import CLIPModel
+
+    CLIPModel.from_pretrained(clip_dir).save_pretrained(pickled, safe_serialization=False)
+    for f in pickled.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="no .safetensors weights.*safe_serialization=True"):
+        load_clip(pickled)
+    damaged = shutil.copytree(clip_dir, tmp_path / "damaged")
+    weights = next(damaged.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_clip(damaged)
+
+
 def test_importing_the_metrics_does_not_import_transformers():
     code = ("import sys, diffdistill.metrics.clip_score, diffdistill.metrics.extractors;"
             "sys.exit(1 if 'transformers' in sys.modules else 0)")

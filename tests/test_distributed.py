@@ -52,3 +52,39 @@ def test_ddp_keeps_weights_identical_and_the_checkpoint_reloads(two_rank_run):
     model = load_model(run_dir / "export")
     sums = {k: v.sum().item() for k, v in model.state_dict().items()}
     assert all(abs(sums[k] - r0["weights"][k]) < 1e-5 for k in sums)
+
+
+def test_torchrun_of_the_cli_forms_one_job_without_trainer_cpu(tmp_path):
+    """The README's launch line on a machine without a GPU: one job of two ranks (not two runs in one folder), each
+    checkpoint holding both ranks' RNG states, and the warm-up independent of the process count."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+           "-m", "diffdistill.cli", "train", "recipes/toy/teacher_gmm2d.yaml", f"output_dir={run_dir}",
+           "trainer.max_steps=12", "trainer.batch_size=16", "trainer.log_every=1", "trainer.checkpoint_every=4",
+           "trainer.keep_checkpoints=5", "trainer.sample_every=0", "trainer.preview_count=16",
+           "trainer.optimizers.model.warmup_steps=10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=HERE.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("done: step 12") == 1                          # only the main process reports
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    # LambdaLR after k optimizer steps: lr * min(1, (k + 1) / warmup), whatever the number of processes
+    assert [r["model/lr"] for r in rows] == pytest.approx([0.002 * min(1.0, (k + 1) / 10) for k in range(1, 13)])
+    checkpoints = sorted((run_dir / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step-000004", "step-000008", "step-000012"]   # no .tmp-* left over
+    for ckpt in checkpoints:
+        assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+        assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2
+
+
+def test_a_launch_that_forms_no_job_is_refused(tmp_path):
+    """WORLD_SIZE says two processes but no rendezvous was set up: refuse instead of training alone."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "HF_HUB_OFFLINE": "1"}
+    env.pop("MASTER_ADDR", None)
+    cmd = [sys.executable, "-m", "diffdistill.cli", "train", "recipes/toy/teacher_gmm2d.yaml",
+           f"output_dir={tmp_path / 'run'}", "trainer.max_steps=2", "trainer.cpu=true"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=HERE.parent)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "error:" in out.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

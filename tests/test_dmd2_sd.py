@@ -18,7 +18,7 @@ from diffdistill.encode import captioned_images, encode_folder  # noqa: E402
 from diffdistill.models.base import Cond, LoraConfig, role_copy  # noqa: E402
 from diffdistill.models.registry import build_model, load_model, read_export_meta, save_model  # noqa: E402
 from diffdistill.sampling import few_step_sample  # noqa: E402
-from tiny_diffusers import save_pipeline, tiny_sd15_pipeline, tiny_sdxl_pipeline  # noqa: E402
+from tiny_diffusers import export_text_model, save_pipeline, tiny_sd15_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
 CAPTIONS = ["a red square", "a blue circle", "two green lines", "a yellow star", "a black cat", "an empty field"]
 
@@ -132,6 +132,45 @@ def test_sdxl_recipes_train_two_steps_on_a_tiny_sdxl_and_export_for_diffusers(sd
     teacher = pipe.unet
     changed = [n for n, p in unet.named_parameters() if not torch.equal(p, teacher.get_parameter(n))]
     assert changed, "the exported student equals the teacher: the student never trained"
+
+    # `diffdistill export` takes no training step, so no training batch exists; it must still export (the preview
+    # takes its prompts from data batch 0) and write the same weights as the finished run did
+    import shutil
+
+    shutil.rmtree(export)
+    assert main(["export", str(tmp_path / recipe)]) == 0
+    again = UNet2DConditionModel.from_pretrained(export, subfolder="unet")
+    assert all(torch.equal(p, again.get_parameter(n)) for n, p in unet.named_parameters())
+    assert (tmp_path / recipe / "samples" / "final.png").is_file()
+
+    # prompted sampling from the CLI: the pipeline's own encoders (found through the export's run config), decoded
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square\n\na blue circle\n")
+    png = tmp_path / f"{recipe}.png"
+    assert main(["sample", str(tmp_path / recipe), "--prompts-file", str(prompts), "--n", "3", "--out", str(png)]) == 0
+    report = json.loads(png.with_suffix(".json").read_text())
+    assert report["prompts"] == ["a red square", "a blue circle"] and report["steps"] == 4
+    from PIL import Image
+
+    with Image.open(png) as image:            # 3 decoded 64 px RGB images in a 2 x 2 grid with 1 px borders
+        assert image.mode == "RGB" and image.size == (2 * 66, 2 * 66)
+
+
+def test_sampling_a_text_model_needs_prompts_and_prompts_need_a_text_model(sdxl, tmp_path, capsys):
+    _, folder, _ = sdxl
+    export = export_text_model(folder, tmp_path / "export")
+    assert main(["sample", str(export), "--n", "1"]) == 2
+    assert "--prompt" in capsys.readouterr().err
+    # no run config records the pipeline: --pipeline is then required, and works
+    assert main(["sample", str(export), "--prompt", "a cat", "--n", "1"]) == 2
+    assert "--pipeline" in capsys.readouterr().err
+    assert main(["sample", str(export), "--prompt", "a cat", "--n", "1", "--pipeline", str(folder),
+                 "--out", str(tmp_path / "cat.png")]) == 0
+    assert (tmp_path / "cat.png").is_file()
+    toy = tmp_path / "toy"
+    assert main(["train", "recipes/toy/teacher_gmm2d.yaml", "trainer.max_steps=2", f"output_dir={toy}"]) == 0
+    assert main(["sample", str(toy), "--prompt", "a cat"]) == 2
+    assert "not a text-conditioned model" in capsys.readouterr().err
 
 
 def test_sd15_recipe_trains_two_steps_on_a_tiny_sd15(sd15, tmp_path):

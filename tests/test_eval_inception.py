@@ -105,9 +105,12 @@ def test_pytorch_fid_state_dict_loads_strictly_with_its_normalisation(tmp_path):
     x01 = pixels() / 255
     file = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     torch.save(net.state_dict(), file)
-    # random weights under the published name: the name's SHA-256 prefix does not match -> warned, still loaded
+    # random weights under the published name: the name's SHA-256 prefix does not match -> refused, unless the
+    # user asks for it (then warned)
+    with pytest.raises(ValueError, match="6726825d.*allow-unverified-inception"):
+        load_inception(file, mode="legacy")
     with pytest.warns(UserWarning, match="6726825d"):
-        loaded = load_inception(file, mode="legacy")
+        loaded = load_inception(file, mode="legacy", allow_unverified=True)
     with torch.no_grad():
         assert torch.equal(loaded(x01), net(pytorch_fid_normalize(x01)))
         assert not torch.allclose(loaded(x01), net(tf_normalize(x01 * 255)), atol=1e-4)   # the modes differ
@@ -117,6 +120,18 @@ def test_pytorch_fid_state_dict_loads_strictly_with_its_normalisation(tmp_path):
     torch.save(state, tmp_path / "partial.pth")
     with pytest.raises(RuntimeError, match="fc.bias"):                 # strict: a missing key is an error
         load_inception(tmp_path / "partial.pth", mode="legacy")
+
+
+def test_a_file_changed_since_its_download_is_refused(tmp_path):
+    """The ``<name>.sha256`` record written at download time: a file that no longer matches it is not loaded."""
+    scripted = torch.jit.script(random_inception(seed=5))
+    file = save_clean_fid_layout(scripted, tmp_path / "inception-2015-12-05.pt")
+    record = tmp_path / "inception-2015-12-05.pt.sha256"
+    record.write_text(f"{hashlib.sha256(file.read_bytes()).hexdigest()}  {file.name}  url\n")
+    load_inception(file, mode="clean")                                     # matches its record: loads quietly
+    record.write_text("0" * 64 + "  inception-2015-12-05.pt  url\n")
+    with pytest.raises(ValueError, match="not the one recorded in inception-2015-12-05.pt.sha256"):
+        load_inception(file, mode="clean")
 
 
 def test_offline_error_names_the_file_url_and_place(tmp_path, monkeypatch):
@@ -155,8 +170,10 @@ def test_download_goes_to_the_cache_with_its_hash_and_env_var_is_searched(tmp_pa
     monkeypatch.delenv("DIFFDISTILL_INCEPTION", raising=False)
     monkeypatch.setenv("DIFFDISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(inception.urllib.request, "urlopen", fake_urlopen)
+    with pytest.raises(ValueError, match="not the published weights"):
+        load_inception(mode="legacy")
     with pytest.warns(UserWarning, match="not the published weights"):
-        loaded = load_inception(mode="legacy")
+        loaded = load_inception(mode="legacy", allow_unverified=True)
     target = tmp_path / "cache" / "pt_inception-2015-12-05-6726825d.pth"
     digest = hashlib.sha256(payload).hexdigest()
     assert requested == [inception.WEIGHTS["legacy"].url] and target.read_bytes() == payload
@@ -164,7 +181,7 @@ def test_download_goes_to_the_cache_with_its_hash_and_env_var_is_searched(tmp_pa
     assert not (tmp_path / "cache" / (target.name + ".part")).exists()
     # second call: found in the cache, no download
     with pytest.warns(UserWarning):
-        load_inception(mode="legacy")
+        load_inception(mode="legacy", allow_unverified=True)
     assert len(requested) == 1
     # $DIFFDISTILL_INCEPTION wins over the cache
     monkeypatch.setenv("DIFFDISTILL_INCEPTION", str(tmp_path / "elsewhere"))

@@ -71,7 +71,7 @@ class TwoGroup(Method):
             loss = (self.critic(batch.x0) - batch.x0).pow(2).mean()
         return loss, {f"{phase}/loss": loss.detach()}
 
-    def preview(self, n, seed=0):
+    def preview(self, n, seed=0, *, batch=None):
         return torch.zeros(n, 2)
 
     def export_model(self):

@@ -7,10 +7,13 @@ Five methods share that one loop, so fixing the loop fixes all five.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..data import Batch
-from ..models.base import DiffusionModel, trainable_parameters
+from ..models.base import Cond, DiffusionModel, trainable_parameters
+
+PREVIEW_PROMPTS = 16          # text-conditioned previews: at most this many images (the batch's prompts, repeated)
 
 
 class Method(nn.Module):
@@ -45,9 +48,25 @@ class Method(nn.Module):
         """Scalar loss for ``phase`` and namespaced logs (``"<phase>/<name>"``)."""
         raise NotImplementedError
 
-    def preview(self, n: int, seed: int = 0) -> Tensor:  # pragma: no cover
-        """``n`` samples from the current model, for grids/plots written during training."""
+    def preview(self, n: int, seed: int = 0, *, batch: Batch | None = None) -> Tensor:  # pragma: no cover
+        """``n`` samples from the current model, for grids/plots written during training. ``batch``: the data's
+        batch 0 (the trainer passes it), whose prompts condition a text model's previews (:meth:`preview_cond`)."""
         raise NotImplementedError
+
+    def preview_cond(self, n: int, num_classes: int, batch: Batch | None,
+                     device: torch.device) -> tuple[int, Cond | None, Cond | None]:
+        """(sample count, condition, unconditional condition) for ``n`` preview samples: class labels 0, 1, ... for
+        class models; for text models the prompts of ``batch`` repeated (at most PREVIEW_PROMPTS images), with its
+        empty-prompt condition for CFG; None for unconditional models. The trainer always hands the batch over (an
+        export takes no training step, so no training batch would have been seen)."""
+        if num_classes:
+            return n, Cond(labels=(torch.arange(n) % num_classes).to(device)), None
+        if batch is None or batch.cond.text is None:
+            return n, None, None
+        n = min(n, PREVIEW_PROMPTS)
+        repeat = torch.arange(n) % batch.cond.batch_size
+        pick = lambda c: c.map(lambda v: v[repeat].to(device)) if c is not None else None
+        return n, pick(batch.cond), pick(batch.uncond)
 
     def export_model(self) -> DiffusionModel:  # pragma: no cover
         """The model a run exports (the student; the trainer swaps in its EMA weights when it keeps one)."""

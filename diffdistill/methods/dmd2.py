@@ -72,7 +72,6 @@ class DMD2(Method):
         self.student = student if student is not None else role_copy(teacher, cfg.student_lora)
         self.critic = critic if critic is not None else role_copy(teacher, cfg.critic_lora)
         self.times = torch.tensor(cfg.student_times, dtype=torch.float64)
-        self._preview_cond: Cond | None = None     # text-conditioned students preview on the first batch's prompts
         self.gan = cfg.gan_student_weight > 0 or cfg.gan_critic_weight > 0
         if self.gan:        # before the trainer builds optimizers: the head trains with the critic's group
             attach_head(self.critic)
@@ -91,8 +90,6 @@ class DMD2(Method):
 
     def generate(self, batch: Batch, with_grad: bool) -> tuple[Tensor, int]:
         """The student's x0 at a random step k of its schedule, from its own rollout (backward simulation)."""
-        if self._preview_cond is None and batch.cond.text is not None:
-            self._preview_cond = batch.cond.map(lambda v: v.detach().cpu())
         k = int(shared_randint(0, len(self.times), device=batch.x0.device)) if len(self.times) > 1 else 0
         noise = torch.randn_like(batch.x0)
         student = self.role("student")       # the no-grad rollout needs no DDP wrapper
@@ -157,17 +154,11 @@ class DMD2(Method):
         return t.to(device=like.device, dtype=torch.float64).expand(like.shape[0])
 
     @torch.no_grad()
-    def preview(self, n: int, seed: int = 0) -> Tensor:
+    def preview(self, n: int, seed: int = 0, *, batch: Batch | None = None) -> Tensor:
         student = self.export_model()
         gen = torch.Generator().manual_seed(seed)
         device = next(student.parameters()).device
-        cond = None
-        if self.num_classes:
-            cond = Cond(labels=(torch.arange(n) % self.num_classes).to(device))
-        elif self._preview_cond is not None:      # the prompts of the first training batch, repeated to n
-            n = min(n, 16)
-            repeat = torch.arange(n) % self._preview_cond.batch_size
-            cond = self._preview_cond.map(lambda v: v[repeat].to(device))
+        n, cond, _ = self.preview_cond(n, self.num_classes, batch, device)
         noise = torch.randn(n, *student.data_shape, generator=gen).to(device)
         return few_step_sample(student, noise, self.times, cond)
 

@@ -95,7 +95,14 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.
         raise FileNotFoundError(f"CLIP model folder {path} not found; download the model (e.g. with "
                                 "`huggingface-cli download openai/clip-vit-large-patch14 --local-dir DIR`) on a "
                                 "machine with hub access and pass that folder")
-    model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+    from ..files import reading_weights
+
+    if not any(Path(path).glob("*.safetensors")):
+        raise FileNotFoundError(f"CLIP model folder {path} holds no .safetensors weights; only safetensors are loaded "
+                                "(pickled .bin files can run code). Convert it once on a trusted machine: "
+                                "`CLIPModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`")
+    with reading_weights(path, "download the model again"):
+        model = CLIPModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model, tokenizer
 

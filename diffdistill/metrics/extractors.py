@@ -59,8 +59,9 @@ class InceptionExtractor:
 
     def __init__(self, mode: InceptionMode = "clean", value_range: ValueRange | None = None,
                  path: str | Path | None = None, network: InceptionNetwork | None = None,
-                 device: str | torch.device = "cpu", download: bool = True) -> None:
-        self.network = network if network is not None else load_inception(path, mode, device, download)
+                 device: str | torch.device = "cpu", download: bool = True, allow_unverified: bool = False) -> None:
+        self.network = network if network is not None else load_inception(path, mode, device, download,
+                                                                           allow_unverified=allow_unverified)
         if self.network.mode != mode:
             raise ValueError(f"the network was loaded for {self.network.mode!r} mode, not {mode!r}")
         self.mode, self.value_range = mode, value_range

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ..files import load_safetensors
 from .frechet import FeatureStats, frechet_distance
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "fmnist"
@@ -77,7 +78,7 @@ class FMNISTEvaluator:
                                         "`python evaluation/fmnist/train_classifier.py` (see its model card)")
         self.device, self.batch_size = torch.device(device), batch_size
         self.net = FMNISTClassifier().to(self.device).eval()
-        self.net.load_state_dict(load_file(assets / CLASSIFIER_FILE))
+        self.net.load_state_dict(load_safetensors(assets / CLASSIFIER_FILE, "reinstall diffdistill or rebuild the evaluator"))
         self.reference = FeatureStats.load(assets / REFERENCE_FILE)
 
     @torch.no_grad()

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
+
+from ..files import load_safetensors
 
 
 @dataclass
@@ -46,7 +48,7 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":
-        data = load_file(str(path))
+        data = load_safetensors(path, "rebuild the reference statistics (`diffdistill eval ref`)")
         return cls(data["mu"].double(), data["sigma"].double(), int(data["n"][0]))
 
 

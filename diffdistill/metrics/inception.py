@@ -288,21 +288,42 @@ class InceptionNetwork(nn.Module):
         return self.trunk(self._normalize(x.float())).reshape(x.shape[0], FEATURE_DIM)
 
 
+class UnverifiedWeightsError(ValueError):
+    """An Inception file that is not the one its name or its download record promises."""
+
+
 def load_inception(path: str | Path | None = None, mode: InceptionMode = "clean", device: str | torch.device = "cpu",
-                   download: bool = True, cache_dir: str | Path | None = None) -> InceptionNetwork:
-    """Find (or download) and load the FID Inception for ``mode``; eval mode, no gradients."""
+                   download: bool = True, cache_dir: str | Path | None = None,
+                   allow_unverified: bool = False) -> InceptionNetwork:
+    """Find (or download) and load the FID Inception for ``mode``; eval mode, no gradients.
+
+    A file whose SHA-256 contradicts its published name (torch.hub's hash prefix) or the ``<name>.sha256`` record
+    written when it was downloaded is refused: FIDs from other weights do not compare with published ones, and a
+    changed file may be a tampered one. ``allow_unverified`` loads it anyway, with a warning."""
     if mode not in WEIGHTS:
         raise ValueError(f"unknown Inception mode {mode!r}; use 'clean' (clean-fid) or 'legacy' (pytorch-fid)")
     file = find_weights(mode, path, download=download, cache_dir=cache_dir)
     digest = sha256_file(file)
-    spec = WEIGHTS[mode]
-    if spec.sha256_prefix and file.name == spec.name and not digest.startswith(spec.sha256_prefix):
-        warnings.warn(f"{file} has SHA-256 {digest[:16]}..., but its name promises one starting with "
-                      f"{spec.sha256_prefix}: not the published weights, so scores will not match published FIDs",
-                      stacklevel=2)
+    problem = _digest_problem(file, digest, WEIGHTS[mode])
+    if problem and not allow_unverified:
+        raise UnverifiedWeightsError(f"{problem}; download the published file again ({WEIGHTS[mode].url}), or pass "
+                                     "--allow-unverified-inception (load_inception(allow_unverified=True)) to score "
+                                     "with it anyway, knowing the scores will not match published FIDs")
+    if problem:
+        warnings.warn(f"{problem}: scores will not match published FIDs", stacklevel=2)
     trunk = _load_torchscript(file, device) if mode == "clean" else _load_state_dict(file, device)
     net = InceptionNetwork(trunk, mode, file, digest).to(device).eval()
     return net.requires_grad_(False)
+
+
+def _digest_problem(file: Path, digest: str, spec: WeightsFile) -> str | None:
+    if spec.sha256_prefix and file.name == spec.name and not digest.startswith(spec.sha256_prefix):
+        return (f"{file} has SHA-256 {digest[:16]}..., but its name promises one starting with {spec.sha256_prefix}: "
+                "not the published weights")
+    record = file.with_name(file.name + ".sha256")
+    if record.is_file() and record.read_text().split()[:1] != [digest]:
+        return f"{file} has SHA-256 {digest[:16]}..., not the one recorded in {record.name} when it was downloaded"
+    return None
 
 
 def default_cache_dir() -> Path:

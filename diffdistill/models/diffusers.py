@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError
+from ..files import load_safetensors, reading_weights
 from ..schedule import Kind, Schedule
 from .base import NULL_LABEL, Cond, DiffusionModel
 from .toy import ScheduleConfig
@@ -33,6 +34,8 @@ SCHEDULER_CONFIG = "scheduler_config.json"
 CLASS_TOKENS = "class_tokens.safetensors"
 _FROM_DIFFUSERS: dict[str, Kind] = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
 _TO_DIFFUSERS = {kind: name for name, kind in _FROM_DIFFUSERS.items()}
+_REEXPORT_HINT = ("re-download the model, or for an export of ours rerun `diffdistill export RUN` (it rewrites export/ "
+                  "from the run's newest intact checkpoint)")
 
 
 @dataclass
@@ -103,8 +106,9 @@ class _DiffusersAdapter(DiffusionModel):
             network = _cast(cls(**{k: v for k, v in cfg.config.items() if not k.startswith("_")}), self.torch_dtype)
         else:
             root, sub, scheduler = _locate(Path(cfg.pretrained).expanduser(), self._export_subfolder, what)
-            network = cls.from_pretrained(root, subfolder=sub, local_files_only=True, use_safetensors=True,
-                                          torch_dtype=self.torch_dtype)
+            with reading_weights(root / (sub or ""), _REEXPORT_HINT):
+                network = cls.from_pretrained(root, subfolder=sub, local_files_only=True, use_safetensors=True,
+                                              torch_dtype=self.torch_dtype)
         if cfg.gradient_checkpointing:
             network.enable_gradient_checkpointing()
         # the schedule we write on export: the explicit one, the folder's (when a ScheduleConfig can say it), or the
@@ -226,9 +230,8 @@ class DiffusersUNet(_DiffusersAdapter):
         if tokens is not None and tokens.is_file():
             if self.class_embed is None:
                 raise ConfigError(f"{tokens} holds learned class tokens but num_classes=0; set model.num_classes")
-            from safetensors.torch import load_file
 
-            self.class_embed.load_state_dict(load_file(tokens))
+            self.class_embed.load_state_dict(load_safetensors(tokens, _REEXPORT_HINT))
 
     @property
     def network(self) -> nn.Module:
@@ -369,8 +372,9 @@ class PipelineEncoder:
             raise FileNotFoundError(f"--pipeline {str(folder)!r} is not a diffusers pipeline folder (no model_index.json)"
                                     "; download one first, e.g. `hf download stabilityai/stable-diffusion-xl-base-1.0 "
                                     "--local-dir models/sdxl-base`")
-        self.pipe = DiffusionPipeline.from_pretrained(self.folder, unet=None, local_files_only=True,
-                                                      use_safetensors=True)
+        with reading_weights(self.folder, "re-download the pipeline"):
+            self.pipe = DiffusionPipeline.from_pretrained(self.folder, unet=None, local_files_only=True,
+                                                          use_safetensors=True)
         self.pipe.vae.to(device, vae_dtype)
         for name in ("text_encoder", "text_encoder_2"):
             if getattr(self.pipe, name, None) is not None:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..config import ConfigError, registry_entry, to_dict, typed_section
+from ..files import load_safetensors
 from .base import DiffusionModel
 
 # kind -> (module, config class, wrapper class). Modules are imported on use, so diffusers stays lazy.
@@ -101,7 +102,10 @@ def read_export_meta(directory: str | Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{str(directory)!r} is not an exported diffdistill model (no {EXPORT_META}); pass the "
                                 "`export/` folder of a run or a folder written by `save_model`")
-    return json.loads(meta_path.read_text())
+    try:
+        return json.loads(meta_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{meta_path} is not valid JSON ({err}); rerun `diffdistill export RUN` to rewrite it") from None
 
 
 def find_export(path: str | Path) -> Path:
@@ -122,7 +126,9 @@ def load_model(directory: str | Path) -> DiffusionModel:
         spec.update(pretrained=str(directory), config=None)
     model = build_model(spec)
     if (directory / WEIGHTS).is_file():
-        missing, unexpected = model.load_state_dict(load_file(directory / WEIGHTS), strict=False)
+        weights = load_safetensors(directory / WEIGHTS, "rerun `diffdistill export RUN` to rewrite the export from the "
+                                   "run's newest intact checkpoint")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ValueError(f"weights in {directory / WEIGHTS} do not fit {spec['kind']}: missing {missing}, "
                              f"unexpected {unexpected}")

@@ -51,6 +51,23 @@ class MixtureConfig:
     num_classes: int = 1                      # modes are assigned to classes round-robin
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
+    def __post_init__(self) -> None:
+        # Classes hold modes round-robin and a labelled sample draws its class uniformly, then a mode of that class
+        # uniformly: with an uneven split some modes would be drawn more often than the mixture says (and the old
+        # draw never reached the last ones), so the labelled data would not be this mixture.
+        if self.modes < 1 or self.num_classes < 1:
+            raise ValueError(f"mixture: modes and num_classes must be >= 1, got modes={self.modes}, "
+                             f"num_classes={self.num_classes}")
+        if self.modes % self.num_classes:
+            raise ValueError(f"mixture: modes={self.modes} is not a multiple of num_classes={self.num_classes}, so "
+                             "the classes would hold different numbers of modes and labelled data would not follow "
+                             f"the mixture; use e.g. modes={self.modes - self.modes % self.num_classes or self.num_classes}"
+                             f" or num_classes in {_divisors(self.modes)}")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
 
 def mixture_means(cfg: MixtureConfig) -> Tensor:
     """Component means [K, 2] in float64."""
