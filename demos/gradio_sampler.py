@@ -4,7 +4,7 @@
     diffdistill demo runs/dmd2-fmnist-quick --teacher diffdistill/assets/fmnist/teacher --port 7860
     python demos/gradio_sampler.py runs/dmd2-fmnist-quick --no-teacher
 
-Three parts (the split of Flux's demo_gr.py): :class:`~diffdistill.side_by_side.SideBySide` holds the loaded models
+Three parts (the split of Flux's demo_gr.py): :class:`~diffdistill.inference.side_by_side.SideBySide` holds the loaded models
 and samples (no UI, in the package), :func:`create_demo` builds the ``gr.Blocks``, :func:`main` parses the command
 line and launches. The server binds 127.0.0.1 unless ``--host`` or ``--share`` says otherwise.
 """
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # a local demo has no reason to phone home
 
-from diffdistill.side_by_side import (DEFAULT_STUDENT, DEFAULT_TEACHER, HOW_TO_GET_A_STUDENT, MAX_IMAGES, MAX_SEED,
+from diffdistill.inference.side_by_side import (DEFAULT_STUDENT, DEFAULT_TEACHER, HOW_TO_GET_A_STUDENT, MAX_IMAGES, MAX_SEED,
                                       Comparison, Request, SideBySide)
 from diffdistill.visual import to_pil
 

@@ -25,7 +25,7 @@ import torch
 
 from .config import ConfigError, dump_yaml, load_yaml
 from .models.registry import MODEL_KINDS, build_model, count_parameters, find_export, load_model, read_export_meta
-from .recipe import RunConfig, resolve
+from .train.recipe import RunConfig, resolve
 
 EXIT_BAD_INPUT = 2
 
@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", add_help=False, help="Gradio sampler: a student next to its teacher, timed "
                    "(`diffdistill demo --help`; needs the [demo] extra)")
 
-    from .evaluate import add_parsers as add_eval_parsers      # eval, eval ref
+    from .eval.evaluate import add_parsers as add_eval_parsers      # eval, eval ref
     add_eval_parsers(sub)
 
     ls = sub.add_parser("ls", help="list shipped recipes, methods, models and datasets")
@@ -122,7 +122,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .encode import encode_folder
+    from .data.encode import encode_folder
 
     out = encode_folder(args.pipeline, args.images, args.out, args.resolution, args.batch_size, args.shard_size,
                         args.device, args.vae_dtype, args.seed)
@@ -140,7 +140,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     It resumes the run with max_steps set to that checkpoint's step, so no step is taken and the trainer's normal
     end-of-run export runs: the same code path, metadata and preview as a finished run.
     """
-    from .checkpoint import latest_checkpoint
+    from .train.checkpoint import latest_checkpoint
 
     run_dir = Path(args.run)
     last = latest_checkpoint(run_dir)
@@ -153,10 +153,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) -> int:
-    from .checkpoint import latest_checkpoint, run_lock
+    from .train.checkpoint import latest_checkpoint, run_lock
     from .methods import method_groups
-    from .recipe import check_resume_compatible
-    from .trainer import make_accelerator, validate_trainer_config
+    from .train.recipe import check_resume_compatible
+    from .train.trainer import make_accelerator, validate_trainer_config
 
     run, resolved = resolve(recipe, overrides)
     run_dir = Path(run.output_dir)
@@ -172,10 +172,10 @@ def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) 
 def _train_locked(run: RunConfig, resolved: dict, run_dir: Path, accelerator: Any, write_config: bool) -> int:
     from accelerate.utils import set_seed
 
-    from .checkpoint import latest_checkpoint
+    from .train.checkpoint import latest_checkpoint
     from .data import build_stream, data_config
     from .methods import build_method
-    from .trainer import NonFiniteLossError, fit
+    from .train.trainer import NonFiniteLossError, fit
 
     # a resumed run rewrites config.yaml (its new max_steps) only once it has trained: a resume that fails (damaged
     # checkpoints, a NaN) leaves the run folder as it was
@@ -209,7 +209,7 @@ def _start_lineage(run: RunConfig) -> list[dict[str, Any]]:
     """Earlier stages of a student that starts from one of our exports (``student: {pretrained: <export>}``): a
     further stage of a shipped student counts the training it continues. The teacher's (``model:``) and the
     critic's training are not the student's cost, as in the benchmark tables."""
-    from .lineage import stages_of_export
+    from .train.lineage import stages_of_export
 
     spec = run.student
     if not spec or not spec.get("pretrained") or not Path(spec["pretrained"]).exists():   # none, or a hub id
@@ -218,7 +218,7 @@ def _start_lineage(run: RunConfig) -> list[dict[str, Any]]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .generate import generate, plan_sampling
+    from .inference.generate import generate, plan_sampling
     from .data import trained_mixture
     from .metrics.distribution import toy_report
     from .visual import save_samples
@@ -280,7 +280,7 @@ def _is_text_model(meta: dict[str, Any]) -> bool:
 
 def _prompt_conditioner(pipeline: str | None, meta: dict[str, Any], directory: Path):
     """The text encoders and VAE of ``pipeline``, or of the teacher folder the export's run was trained from."""
-    from .side_by_side import PromptConditioner
+    from .inference.side_by_side import PromptConditioner
 
     folder = pipeline or meta.get("run_config", {}).get("model", {}).get("pretrained")
     if not folder:
@@ -295,7 +295,7 @@ def _prompt_conditioner(pipeline: str | None, meta: dict[str, Any], directory: P
 def cmd_demo(argv: list[str]) -> int:
     """Run demos/gradio_sampler.py, found next to the package (a source checkout) or in the working directory.
 
-    The demo lives outside the package because gradio is imported only in demos/ (DESIGN.md), so it is loaded by
+    The demo lives outside the package because gradio is imported only in demos/ (tests/test_imports.py), so it is loaded by
     path rather than imported."""
     import importlib.util
 

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffdistill.evaluate import environment
+from diffdistill.eval.evaluate import environment
 from diffdistill.metrics.extractors import FeatureExtractor, FMNISTExtractor, InceptionExtractor, extract_features
 from diffdistill.metrics.inception import InceptionNetwork, random_inception
-from diffdistill.side_by_side import sync
+from diffdistill.inference.side_by_side import sync
 
 
 def inception_extractor(path: str | None, device: str) -> InceptionExtractor:

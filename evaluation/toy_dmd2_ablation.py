@@ -30,7 +30,7 @@ from pathlib import Path
 
 from toy_export import load_toy_export
 
-from diffdistill.generate import generate, plan_sampling
+from diffdistill.inference.generate import generate, plan_sampling
 from diffdistill.metrics.distribution import toy_report
 
 GAN = ["method.gan_student_weight=0.005", "method.gan_critic_weight=0.01"]

@@ -17,7 +17,7 @@ from toy_export import load_toy_export
 
 from diffdistill.metrics.distribution import toy_report
 from diffdistill.models.base import Cond
-from diffdistill.sampling import backward_simulate
+from diffdistill.inference.sampling import backward_simulate
 from diffdistill.visual import save_samples
 
 

@@ -17,7 +17,7 @@ from toy_export import load_toy_export
 
 from diffdistill.metrics.distribution import toy_report
 from diffdistill.models.base import Cond, guided
-from diffdistill.sampling import ode_sample
+from diffdistill.inference.sampling import ode_sample
 from diffdistill.visual import save_samples
 
 STEPS = (1, 2, 4, 8, 16, 32, 50)

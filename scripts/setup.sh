@@ -2,7 +2,7 @@
 # Create .venv and install diffdistill with the given extras, keeping the CPU torch pin.
 # Usage: bash scripts/setup.sh [extras]      e.g. bash scripts/setup.sh dev
 # Why the pin: an unpinned torch pulls several GB of CUDA packages, and torchvision (pulled by clean-fid) breaks
-# diffusers/transformers/torchmetrics imports next to a CPU torch (../shared/reference/environment.md).
+# diffusers/transformers/torchmetrics imports next to a CPU torch (README, Installing by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"

@@ -15,7 +15,7 @@ from diffdistill.data import ToyDataConfig, ToyMixtureStream
 from diffdistill.methods.teacher import Teacher, TeacherConfig
 from diffdistill.models.toy import MLPConfig, MLPDenoiser
 from diffdistill.randomness import shared_randint
-from diffdistill.trainer import TrainerConfig, fit, make_accelerator
+from diffdistill.train.trainer import TrainerConfig, fit, make_accelerator
 
 
 class Probe(Teacher):

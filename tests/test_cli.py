@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffdistill.lineage import total_training
+from diffdistill.train.lineage import total_training
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}

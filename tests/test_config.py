@@ -4,8 +4,8 @@ from typing import Literal
 import pytest
 
 from diffdistill.config import ConfigError, coerce, from_dict, merge, parse_overrides, to_dict
-from diffdistill.recipe import check_resume_compatible, resolve
-from diffdistill.trainer import TrainerConfig
+from diffdistill.train.recipe import check_resume_compatible, resolve
+from diffdistill.train.trainer import TrainerConfig
 
 RECIPE = {
     "model": {"kind": "mlp", "hidden": 32},

@@ -1,4 +1,4 @@
-"""The few-step sampler demo: the model-holding engine (diffdistill/side_by_side.py), the Gradio app driven through
+"""The few-step sampler demo: the model-holding engine (diffdistill/inference/side_by_side.py), the Gradio app driven through
 gradio_client in a subprocess on a loopback port, the launch errors, and (slow) the browser screenshot script.
 
 The student checkpoints are exports written here with ``save_model``: the shipped teacher's weights under a
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from diffdistill.models.registry import load_model, save_model
-from diffdistill.side_by_side import DEFAULT_TEACHER, MAX_IMAGES, Request, SideBySide
+from diffdistill.inference.side_by_side import DEFAULT_TEACHER, MAX_IMAGES, Request, SideBySide
 from diffdistill.visual import to_pil
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from diffdistill.checkpoint import latest_checkpoint
+from diffdistill.train.checkpoint import latest_checkpoint
 from diffdistill.models.registry import load_model
 
 HERE = Path(__file__).resolve().parent

@@ -9,8 +9,8 @@ from diffdistill.methods.losses import dmd_loss
 from diffdistill.metrics.distribution import toy_report
 from diffdistill.models.base import Cond
 from diffdistill.models.toy import GaussianMixture, MixtureConfig, MLPConfig, MLPDenoiser, ScheduleConfig
-from diffdistill.sampling import few_step_sample
-from diffdistill.trainer import OptimizerConfig, TrainerConfig, fit, make_accelerator
+from diffdistill.inference.sampling import few_step_sample
+from diffdistill.train.trainer import OptimizerConfig, TrainerConfig, fit, make_accelerator
 
 SCHED = ScheduleConfig(kind="flow")
 MIX = MixtureConfig(modes=8, std=0.1, schedule=SCHED)
@@ -86,18 +86,20 @@ def test_a_student_step_updates_only_the_student_and_the_teacher_never_changes(t
 
 
 def test_one_step_dmd2_moves_the_student_onto_the_modes_of_the_analytic_mixture(tmp_path):
-    """Fixed seed, 1500 steps (300 student updates) of the 1-step student, in ~12 s on one CPU thread."""
+    """Fixed seed, 3000 steps (600 student updates) of the 1-step student, in ~18 s on one CPU thread. At 1500 steps
+    the student still drops a mode at 2 of seeds 0-2 (and at seed 0 on some CPUs), so the bar would hang on float
+    rounding; at 3000 every seed covers all 8 modes (on-mode 0.33-0.39, sliced W2 0.23-0.27)."""
     torch.manual_seed(0)
     m = toy_dmd2()
     with torch.no_grad():
         before = toy_report(m.preview(2000), MIX)
-    cfg = TrainerConfig(max_steps=1500, batch_size=256, log_every=500, checkpoint_every=10**6, preview_count=16,
+    cfg = TrainerConfig(max_steps=3000, batch_size=256, log_every=500, checkpoint_every=10**6, preview_count=16,
                         cpu=True, optimizers={"student": OptimizerConfig(lr=1e-3), "critic": OptimizerConfig(lr=1e-3)})
     fit(m, ToyMixtureStream(ToyDataConfig(mixture=MIX), 256), cfg, tmp_path, make_accelerator(cfg, tmp_path))
     with torch.no_grad():
         after = toy_report(m.preview(2000), MIX)
     assert before["on_mode"] == 0.0 and before["sliced_w2"] > 1.0
-    # measured at this seed: on-mode 0.29, all 8 modes covered, sliced W2 0.26 (exact draws: 0.15)
+    # measured at this seed: on-mode 0.35, all 8 modes covered, sliced W2 0.27 (exact draws: 0.15)
     assert after["modes_covered"] == 1.0 and after["on_mode"] > 0.2 and after["sliced_w2"] < 0.4
 
 
@@ -212,7 +214,7 @@ def test_gan_terms_send_gradient_into_the_head_and_the_student():
 
 
 def test_a_stage_without_the_gan_head_starts_from_a_critic_that_had_one_and_back():
-    from diffdistill.checkpoint import load_whole_submodules
+    from diffdistill.train.checkpoint import load_whole_submodules
 
     with_head = toy_dmd2(gan_student_weight=0.5, gan_critic_weight=1.0).critic
     without = toy_dmd2().critic

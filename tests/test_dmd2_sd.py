@@ -14,10 +14,10 @@ pytest.importorskip("diffusers")
 
 from diffdistill.cli import main  # noqa: E402
 from diffdistill.data import build_stream  # noqa: E402
-from diffdistill.encode import captioned_images, encode_folder  # noqa: E402
+from diffdistill.data.encode import captioned_images, encode_folder  # noqa: E402
 from diffdistill.models.base import Cond, LoraConfig, role_copy  # noqa: E402
 from diffdistill.models.registry import build_model, load_model, read_export_meta, save_model  # noqa: E402
-from diffdistill.sampling import few_step_sample  # noqa: E402
+from diffdistill.inference.sampling import few_step_sample  # noqa: E402
 from tiny_diffusers import export_text_model, save_pipeline, tiny_sd15_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
 CAPTIONS = ["a red square", "a blue circle", "two green lines", "a yellow star", "a black cat", "an empty field"]
@@ -245,6 +245,7 @@ def test_lora_student_export_loads_with_load_lora_weights(sdxl, tmp_path):
     torch.testing.assert_close(merged, ours, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_b4_step_benchmark_measures_each_row_on_a_tiny_sdxl_unet(tmp_path):
     """The GPU benchmark's code path (recipes, trainer step, timing, JSON) on a tiny SDXL-shaped UNet on the CPU."""
     import json

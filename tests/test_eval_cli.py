@@ -1,4 +1,4 @@
-"""`diffdistill eval` / `eval ref` and the export-driven sampler behind them (diffdistill/evaluate.py, generate.py)."""
+"""`diffdistill eval` / `eval ref` and the export-driven sampler behind them (diffdistill/eval/evaluate.py, generate.py)."""
 
 import json
 
@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from diffdistill.cli import main
 from diffdistill.data import FMNIST_DEB_DIR, load_fashion_mnist
-from diffdistill.evaluate import Reference, check_protocols, load_images, image_files
-from diffdistill.generate import generate, plan_sampling
+from diffdistill.eval.evaluate import Reference, check_protocols, load_images, image_files
+from diffdistill.inference.generate import generate, plan_sampling
 from diffdistill.metrics.fmnist import ASSETS, FMNISTEvaluator
 from diffdistill.models.registry import find_export, load_model, read_export_meta
 
@@ -53,6 +53,7 @@ def test_identical_folders_score_zero_and_other_images_do_not(tmp_path, capsys):
     assert torch.equal(loaded[:, 0], torch.from_numpy(np.array(test_images[:300])))
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_checkpoint_eval_equals_scoring_the_same_samples_directly(tmp_path, capsys):
     report = run_json(capsys, "eval", "--checkpoint", TEACHER, "--features", "fmnist", "--n", 200, "--steps", 2,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from diffdistill.evaluate import image_files, load_images
+from diffdistill.eval.evaluate import image_files, load_images
 from diffdistill.metrics.extractors import InceptionExtractor, extract_features
 from diffdistill.metrics.frechet import FeatureStats, frechet_distance
 from diffdistill.metrics.inception import WEIGHTS, random_inception, save_clean_fid_layout

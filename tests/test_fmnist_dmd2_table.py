@@ -14,6 +14,7 @@ from diffdistill.data import FMNIST_DEB_DIR
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (FMNIST_DEB_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="needs Fashion-MNIST")
 def test_each_row_trains_with_its_one_change_and_all_are_scored_in_one_run(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "scores"

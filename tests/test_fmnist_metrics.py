@@ -25,6 +25,7 @@ def test_missing_evaluator_says_how_to_rebuild_it(tmp_path):
         FMNISTEvaluator(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (FMNIST_DEB_DIR / "t10k-images-idx3-ubyte.gz").is_file(), reason="needs Fashion-MNIST")
 def test_shipped_evaluator_scores_the_test_set_as_the_reference():
     evaluator = FMNISTEvaluator()

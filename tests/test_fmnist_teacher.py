@@ -2,16 +2,18 @@
 
 import json
 
+import pytest
 import torch
 
 from diffdistill.metrics.fmnist import ASSETS, FMNISTEvaluator
 from diffdistill.models.base import Cond, guided
 from diffdistill.models.registry import load_model
-from diffdistill.sampling import ode_sample
+from diffdistill.inference.sampling import ode_sample
 
 TEACHER = ASSETS / "teacher"
 
 
+@pytest.mark.slow
 def test_shipped_teacher_draws_the_requested_classes():
     card = json.loads((TEACHER / "card.json").read_text())
     teacher = load_model(TEACHER).eval()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from diffdistill.lineage import (
+from diffdistill.train.lineage import (
     logged_seconds,
     run_log_seconds,
     stages_before,

@@ -105,7 +105,7 @@ def test_lora_role_copy_trains_only_adapters():
 def test_our_networks_start_from_an_export_with_pretrained(tmp_path):
     from diffdistill.config import ConfigError
     from diffdistill.models.registry import build_model, save_model
-    from diffdistill.recipe import resolve
+    from diffdistill.train.recipe import resolve
 
     torch.manual_seed(0)
     net = MLPDenoiser(MLPConfig(hidden=32, layers=2, prediction="x0", num_classes=2))

@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler  # noqa: E402
 
 from diffdistill.models.base import Cond, guided  # noqa: E402
 from diffdistill.models.registry import build_model  # noqa: E402
-from diffdistill.sampling import ode_sample  # noqa: E402
+from diffdistill.inference.sampling import ode_sample  # noqa: E402
 from tiny_diffusers import save_pipeline, tiny_sdxl_pipeline, tiny_wan_pipeline  # noqa: E402
 
 

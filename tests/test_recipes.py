@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from diffdistill.recipe import resolve
+from diffdistill.train.recipe import resolve
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from diffdistill.checkpoint import RNG_FILE, RunLock, latest_checkpoint
+from diffdistill.train.checkpoint import RNG_FILE, RunLock, latest_checkpoint
 from diffdistill.cli import main
 from diffdistill.config import ConfigError
 from diffdistill.data import build_stream
-from diffdistill.recipe import resolve
+from diffdistill.train.recipe import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = str(REPO / "recipes/toy/teacher_gmm2d.yaml")

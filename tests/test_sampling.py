@@ -4,7 +4,7 @@ import torch
 from diffdistill.metrics.distribution import mode_coverage, sliced_wasserstein
 from diffdistill.models.base import Cond, guided
 from diffdistill.models.toy import GaussianMixture, MixtureConfig, MLPDenoiser, ScheduleConfig
-from diffdistill.sampling import backward_simulate, few_step_sample, ode_sample
+from diffdistill.inference.sampling import backward_simulate, few_step_sample, ode_sample
 
 
 @pytest.mark.parametrize("kind,spacing", [("vp", "linspace"), ("flow", "trailing")])

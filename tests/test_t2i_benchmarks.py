@@ -1,4 +1,4 @@
-"""Text-to-image benchmarks (diffdistill/t2i_benchmarks.py, t2i_data.py, evaluation/t2i/run.py) on fake COCO and
+"""Text-to-image benchmarks (diffdistill/eval/t2i_benchmarks.py, t2i_data.py, evaluation/t2i/run.py) on fake COCO and
 MJHQ folders, a tiny SD1.5 text export and a 4-d colour-statistics extractor (no 299-px Inception): the subset is
 the documented one, both sides get the same crop + LANCZOS, the reference is cached, and the report's FID / CLIP
 score are the numbers computed independently from the saved images."""
@@ -17,15 +17,15 @@ pytest.importorskip("diffusers")
 from tiny_diffusers import (export_text_model, save_pipeline, tiny_clip_model, tiny_clip_tokenizer,  # noqa: E402
                             tiny_sd15_pipeline)
 
-from diffdistill import t2i_data  # noqa: E402
-from diffdistill.evaluate import image_files, load_images  # noqa: E402
+from diffdistill.data import t2i as t2i_data  # noqa: E402
+from diffdistill.eval.evaluate import image_files, load_images  # noqa: E402
 from diffdistill.metrics.clip_score import CLIPScoreConfig, CLIPScorer  # noqa: E402
 from diffdistill.metrics.extractors import CustomExtractor  # noqa: E402
 from diffdistill.metrics.frechet import FeatureStats, frechet_distance  # noqa: E402
-from diffdistill.side_by_side import DEFAULT_TEACHER  # noqa: E402
-from diffdistill.t2i_benchmarks import (BENCHMARKS, T2IConfig, cached_reference, generate_batches,  # noqa: E402
+from diffdistill.inference.side_by_side import DEFAULT_TEACHER  # noqa: E402
+from diffdistill.eval.t2i_benchmarks import (BENCHMARKS, T2IConfig, cached_reference, generate_batches,  # noqa: E402
                                         load_text_model, run_benchmark)
-from diffdistill.t2i_data import center_crop_resize, prepare_generated, read_coco, read_mjhq  # noqa: E402
+from diffdistill.data.t2i import center_crop_resize, prepare_generated, read_coco, read_mjhq  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 16                                              # eval resolution: the tiny VAE decodes 32 x 32 images

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_rows_train_per_seed_with_their_change_and_summarise_the_seeds(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     subprocess.run([sys.executable, "evaluation/toy_dmd2_ablation.py", "--rows", "1step_ratio1", "--seeds", "0", "1",

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from diffdistill.checkpoint import latest_checkpoint
+from diffdistill.train.checkpoint import latest_checkpoint
 from diffdistill.data import ToyDataConfig, ToyMixtureStream
 from diffdistill.methods.base import Method
 from diffdistill.methods.teacher import Teacher, TeacherConfig
 from diffdistill.metrics.distribution import toy_report
 from diffdistill.models.registry import load_model
 from diffdistill.models.toy import MixtureConfig, MLPConfig, MLPDenoiser
-from diffdistill.trainer import (FAULT_ENV, NonFiniteLossError, OptimizerConfig, TrainerConfig, fit,
+from diffdistill.train.trainer import (FAULT_ENV, NonFiniteLossError, OptimizerConfig, TrainerConfig, fit,
                                  make_accelerator, validate_trainer_config)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def test_bf16_mixed_precision_trains_with_finite_losses(tmp_path):
 
 
 def test_ema_warms_up_so_early_weights_do_not_linger():
-    from diffdistill.trainer import _make_ema
+    from diffdistill.train.trainer import _make_ema
 
     net = nn.Linear(1, 1, bias=False)
     net.weight.data.fill_(0.0)

@@ -1,6 +1,6 @@
 """Tiny random-weight diffusers models and pipelines for tests, built from configs (no downloads).
 
-The configs follow diffusers' own test configs (see shared/reference/environment.md sec. 6); the CLIP and T5
+The configs follow diffusers' own test configs (diffusers' tests/models/*/test_models_*.py); the CLIP and T5
 tokenizers are built from in-memory vocabularies (transformers 5), so nothing touches the model hub.
 """
 
@@ -67,7 +67,7 @@ def tiny_wan(seed: int = 0):
     return WanTransformer3DModel(**tiny_wan_config()).eval()
 
 
-# ---------------------------------------------------------------------- tokenizers (offline, environment.md 6.2)
+# ---------------------------------------------------------------------- tokenizers (built offline: no hub on the build machines)
 def _bytes_to_unicode() -> list[str]:
     """GPT-2's byte alphabet (printable stand-ins for the 256 byte values)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))

@@ -34,7 +34,7 @@ from ..data import Batch
 from ..models.base import Cond, DiffusionModel, LoraConfig, freeze, guided, role_copy
 from ..models.heads import attach_head
 from ..randomness import shared_randint
-from ..sampling import backward_simulate, few_step_sample
+from ..inference.sampling import backward_simulate, few_step_sample
 from .base import Method
 from .losses import denoising_loss, dmd_loss, gan_discriminator_loss, gan_generator_loss
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..data import Batch
 from ..models.base import NULL_LABEL, Cond, DiffusionModel, guided
-from ..sampling import ode_sample
+from ..inference.sampling import ode_sample
 from .base import Method
 from .losses import denoising_loss
 

@@ -1,6 +1,6 @@
 """CLIP score: image-text cosine similarity under a CLIP model, with every protocol choice explicit.
 
-There is no single standard (anchors-video-eval.md 5.2): papers differ in model, scale, clamp, prompt prefix and
+There is no single standard (DMD2, arXiv:2405.14867, reports the raw cosine; torchmetrics x100 clamped): papers differ in model, scale, clamp, prompt prefix and
 image preprocessing, and numbers are only comparable when all of them match. :class:`CLIPScoreConfig` names each
 one; :meth:`CLIPScorer.protocol` records them next to the score.
 
@@ -19,7 +19,7 @@ Notes on reproducing them:
 * DMD2 reports the raw cosine (about 0.33 for SDXL-class models, not x100) with open_clip ViT-g-14, after centre
   cropping and LANCZOS-resizing the images to the evaluation resolution; open_clip then resizes to 224 (bicubic) and
   centre-crops. **open_clip is not a backend here**: it imports torchvision, which breaks the CPU-only stack
-  (reference/environment.md 2.1). Use the transformers conversion of the same weights (the HF hub folder
+  (open_clip needs torchvision, which breaks CPU installs: README, Installing by hand). Use the transformers conversion of the same weights (the HF hub folder
   ``laion/CLIP-ViT-g-14-laion2B-s12B-b42K``, downloaded elsewhere) with the ``dmd2`` preset; the tokenizers and
   resize implementations differ slightly, so expect close, not bit-identical, numbers.
 * Here images are resized in torch (bicubic, antialias, shortest side to the model's image size, then a centre

@@ -1,7 +1,7 @@
 """Feature extractors behind one small interface, and batched, cached feature extraction.
 
 A Fréchet distance, KID or precision/recall is only meaningful next to the exact feature protocol (network,
-weights, resize, resolution, library versions: anchors-video-eval.md 5.1 and 5.3). Every extractor therefore
+weights, resize, resolution, library versions: Parmar et al., arXiv:2104.11222). Every extractor therefore
 describes itself with :meth:`FeatureExtractor.protocol`, which is saved with cached features and reference
 statistics and is part of the cache key.
 

@@ -1,6 +1,6 @@
 """Fashion-MNIST evaluator (benchmark B1): a small CNN classifier trained here, its feature space and the metrics.
 
-No Inception or CLIP weights exist offline (reference/environment.md 5), so B1 measures in the feature space of a
+No Inception or CLIP weights exist offline on the build machines (no model hub), so B1 measures in the feature space of a
 classifier trained on the train split:
 
 * FID-FMNIST: Fréchet distance of the 128-d penultimate features, generated images vs the 10k test images;

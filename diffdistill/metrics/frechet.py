@@ -4,7 +4,7 @@
 
 The trace of the matrix square root is computed from eigenvalues: S1 S2 is similar to the symmetric PSD matrix
 S1^(1/2) S2 S1^(1/2), so tr((S1 S2)^(1/2)) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2))). That avoids scipy.linalg.sqrtm,
-whose results differ between scipy versions and turn complex on near-singular inputs (anchors-video-eval.md 5.3).
+whose results differ between scipy versions and turn complex on near-singular inputs (Parmar et al., arXiv:2104.11222, sec. 5).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Image preprocessing for Inception features: clean-fid's "clean" resize and pytorch-fid's "legacy" resize.
 
 FID moves by several points with the resize filter alone (Parmar et al. 2022, "On Aliased Resizing and Surprising
-Subtleties in GAN Evaluation"; anchors-video-eval.md 5.1 and 5.3 item 3), so the filter is part of the protocol:
+Subtleties in GAN Evaluation"; arXiv:2104.11222 sec. 3), so the filter is part of the protocol:
 
 * ``clean`` (clean-fid ``mode="clean"``): each channel resized on its own as a float32 PIL image (mode "F") with
   PIL's antialiased bicubic filter to 299 x 299, clipped to 0..255 (bicubic overshoots at edges), with **no**

@@ -17,7 +17,7 @@ import torch
 from diffdistill.data import fmnist_to_tensor, load_fashion_mnist
 from diffdistill.models.base import Cond, guided
 from diffdistill.models.registry import find_export, load_model
-from diffdistill.sampling import ode_sample
+from diffdistill.inference.sampling import ode_sample
 
 
 def main() -> None:

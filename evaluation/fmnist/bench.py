@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from diffdistill.metrics.fmnist import ASSETS, FMNISTEvaluator
 from diffdistill.models.base import Cond, guided
 from diffdistill.models.registry import find_export, load_model, read_export_meta
-from diffdistill.sampling import few_step_sample, ode_sample
+from diffdistill.inference.sampling import few_step_sample, ode_sample
 from diffdistill.visual import save_samples
 
 

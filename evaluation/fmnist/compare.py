@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from bench import class_rows, sample_setting
 
-from diffdistill.lineage import run_log_seconds, total_training
+from diffdistill.train.lineage import run_log_seconds, total_training
 from diffdistill.metrics.fmnist import FMNISTEvaluator
 from diffdistill.models.registry import find_export, load_model, read_export_meta
 from diffdistill.visual import save_samples

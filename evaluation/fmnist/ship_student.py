@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from diffdistill.lineage import logged_seconds, total_training
+from diffdistill.train.lineage import logged_seconds, total_training
 from diffdistill.metrics.fmnist import ASSETS
 from diffdistill.models.registry import count_parameters, load_model, read_export_meta
 

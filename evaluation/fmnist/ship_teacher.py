@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from diffdistill.lineage import logged_seconds
+from diffdistill.train.lineage import logged_seconds
 from diffdistill.metrics.fmnist import ASSETS
 from diffdistill.models.registry import count_parameters, load_model, read_export_meta
 

@@ -31,9 +31,9 @@ from diffdistill.data import Batch
 from diffdistill.methods import build_method
 from diffdistill.models.base import Cond
 from diffdistill.models.diffusers import DiffusersUNet, UNetConfig
-from diffdistill.recipe import resolve
-from diffdistill.side_by_side import sync
-from diffdistill.trainer import make_accelerator, prepare_training, train_step
+from diffdistill.train.recipe import resolve
+from diffdistill.inference.side_by_side import sync
+from diffdistill.train.trainer import make_accelerator, prepare_training, train_step
 
 # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the architecture only; the weights here are random)
 SDXL_BASE_UNET = dict(

@@ -2,7 +2,7 @@
 
 coco30k: 30k val2014 captions at 256 px and coco10k: 10k at 512 px (DMD2's SD1.5 / SDXL protocols); mjhq30k: 30k
 Midjourney prompts at 1024 px, overall and per category. Folder layouts and the protocol:
-diffdistill/t2i_benchmarks.py.
+diffdistill/eval/t2i_benchmarks.py.
 
     python evaluation/t2i/run.py --benchmark coco30k --data data/coco2014 --checkpoint runs/dmd2-sd15 \\
         --out evaluation/results/t2i/sd15-coco30k.json
@@ -19,8 +19,8 @@ import argparse
 import dataclasses
 import sys
 
-from diffdistill.evaluate import save_json
-from diffdistill.t2i_benchmarks import BENCHMARKS, CLIP_PRESETS, T2IConfig, run_benchmark
+from diffdistill.eval.evaluate import save_json
+from diffdistill.eval.t2i_benchmarks import BENCHMARKS, CLIP_PRESETS, T2IConfig, run_benchmark
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
-    p.add_argument("--data", required=True, help="COCO_ROOT or MJHQ_ROOT (layouts: diffdistill/t2i_benchmarks.py)")
+    p.add_argument("--data", required=True, help="COCO_ROOT or MJHQ_ROOT (layouts: diffdistill/eval/t2i_benchmarks.py)")
     p.add_argument("--checkpoint", required=True, help="a run directory (with export/) or an export directory")
     p.add_argument("--pipeline", help="diffusers SD/SDXL folder for text encoders + VAE (default: the export's)")
     p.add_argument("--n", type=int, help="prompts to use (default: the benchmark's 30k / 10k); lower for quick runs")

@@ -1,4 +1,4 @@
-"""The data side of the text-to-image benchmarks (:mod:`diffdistill.t2i_benchmarks`, whose docstring shows the
+"""The data side of the text-to-image benchmarks (:mod:`diffdistill.eval.t2i_benchmarks`, whose docstring shows the
 folder layouts and commands): benchmark definitions, COCO-2014 / MJHQ-30k readers with their deterministic subsets,
 and the image preparation both real and generated images go through (DMD2's evaluation transform).
 """
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .metrics.resize import to_uint8
+from ..metrics.resize import to_uint8
 
 BenchmarkName = Literal["coco30k", "coco10k", "mjhq30k"]
 

@@ -30,11 +30,11 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .checkpoint import STATE_FILE, latest_checkpoint, load_weights, resume_checkpoint, save_checkpoint
-from .data import DataStream, batch_at
+from ..data import DataStream, batch_at
 from .lineage import run_log_seconds, stages_before
-from .methods.base import Method
-from .models.registry import save_model
-from .visual import save_samples
+from ..methods.base import Method
+from ..models.registry import save_model
+from ..visual import save_samples
 
 FAULT_ENV = "DIFFDISTILL_FAULT_AT_STEP"   # test hook: SIGKILL the run right after this step (simulates a crash)
 METRICS_FILE = "metrics.jsonl"

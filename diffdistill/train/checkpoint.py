@@ -37,7 +37,7 @@ from accelerate.utils import SAFE_WEIGHTS_NAME
 from safetensors.torch import save_file
 from torch import nn
 
-from .files import DamagedFileError, load_safetensors
+from ..files import DamagedFileError, load_safetensors
 
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"

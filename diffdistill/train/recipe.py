@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
-from .data import data_config
-from .methods import method_config
-from .models.registry import model_config
+from ..config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
+from ..data import data_config
+from ..methods import method_config
+from ..models.registry import model_config
 from .trainer import TrainerConfig
 
 # Keys that may change when a run resumes: they do not change the maths of the steps already taken (output_dir: a

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import registry_entry, typed_section
-from .models.base import Cond
-from .models.toy import GaussianMixture, MixtureConfig
+from ..config import registry_entry, typed_section
+from ..models.base import Cond
+from ..models.toy import GaussianMixture, MixtureConfig
 
 
 @dataclass
@@ -219,7 +219,7 @@ def _toy_stream(cfg: ToyDataConfig, batch_size: int, seed: int, rank: int, world
 DATASETS: dict[str, tuple[str, str, str]] = {
     "toy_gmm": ("diffdistill.data", "ToyDataConfig", "_toy_stream"),
     "fmnist": ("diffdistill.data", "FashionMNISTConfig", "FashionMNISTStream"),
-    "latents": ("diffdistill.latents", "LatentsConfig", "LatentsStream"),
+    "latents": ("diffdistill.data.latents", "LatentsConfig", "LatentsStream"),
 }
 
 

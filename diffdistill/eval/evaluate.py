@@ -8,7 +8,7 @@ reference features, with the full protocol recorded next to every number.
 A reference file (safetensors) holds the features (for KID and precision/recall, which need the sets, not just
 their Gaussians), their mean/covariance and, in its metadata, the extractor protocol. ``eval`` refuses to compare
 against a reference made with another protocol (other network, weights, resize or resolution): mixing them is the
-most common way FIDs stop being comparable (anchors-video-eval.md 5.3).
+most common way FIDs stop being comparable (Parmar et al., arXiv:2104.11222).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .metrics.extractors import FeatureExtractor, FMNISTExtractor, InceptionExtractor, extract_features
-from .metrics.fmnist import ASSETS as FMNIST_ASSETS
-from .metrics.frechet import FeatureStats, frechet_distance
-from .metrics.kid import kid
-from .metrics.manifold import precision_recall
+from ..metrics.extractors import FeatureExtractor, FMNISTExtractor, InceptionExtractor, extract_features
+from ..metrics.fmnist import ASSETS as FMNIST_ASSETS
+from ..metrics.frechet import FeatureStats, frechet_distance
+from ..metrics.kid import kid
+from ..metrics.manifold import precision_recall
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FEATURES = ("inception", "inception-legacy", "fmnist")
@@ -191,7 +191,7 @@ def save_json(report: dict, path: str | Path | None) -> str:
 def reference_images(args) -> tuple[Tensor, str]:
     """The real images for ``eval ref``: a folder, or the Fashion-MNIST test split (benchmark B1)."""
     if args.dataset == "fmnist-test":
-        from .data import load_fashion_mnist
+        from ..data import load_fashion_mnist
         images, _ = load_fashion_mnist("test")
         return torch.from_numpy(np.array(images))[:, None][: args.limit or None], "fmnist-test"
     if not args.images:
@@ -211,8 +211,8 @@ def run_ref(args) -> dict:
 
 def sample_checkpoint(args) -> tuple[Tensor, Tensor | None, dict]:
     """N samples of an exported model with its own sampling settings (overridable), float in [-1, 1]."""
-    from .generate import generate, plan_sampling
-    from .models.registry import find_export, load_model, read_export_meta
+    from ..inference.generate import generate, plan_sampling
+    from ..models.registry import find_export, load_model, read_export_meta
 
     directory = find_export(args.checkpoint)
     model = load_model(directory).eval().to(args.device)

@@ -2,7 +2,7 @@
 
 A run reads the benchmark's prompts and real images, samples one image per prompt from an exported text model,
 puts both sides through the same centre crop + LANCZOS resize and the same FID feature extractor, and writes a JSON
-report holding every number next to the protocol that produced it (anchors-video-eval.md 5.2):
+report holding every number next to the protocol that produced it (the protocols of DMD2, arXiv:2405.14867 sec. 5, and MJHQ, arXiv:2402.17245):
 
 | benchmark | real images                      | N      | resolution | anchor                                          |
 |-----------|----------------------------------|--------|------------|-------------------------------------------------|
@@ -69,12 +69,12 @@ from tqdm.auto import tqdm
 
 from .evaluate import (Reference, check_protocols, check_sample_size, environment, make_extractor, save_json,
                        score_features)
-from .metrics.clip_score import CLIPScoreConfig, CLIPScorer, combine
-from .metrics.extractors import FeatureExtractor, extract_features
-from .metrics.frechet import FeatureStats, frechet_distance
-from .models.registry import find_export, read_export_meta
-from .side_by_side import LoadedModel, PromptConditioner, sync
-from .t2i_data import (BENCHMARKS, GENERATED_TO_UINT8, IMAGE_RESIZE, SELECTION, Benchmark, BenchmarkName, Item,
+from ..metrics.clip_score import CLIPScoreConfig, CLIPScorer, combine
+from ..metrics.extractors import FeatureExtractor, extract_features
+from ..metrics.frechet import FeatureStats, frechet_distance
+from ..models.registry import find_export, read_export_meta
+from ..inference.side_by_side import LoadedModel, PromptConditioner, sync
+from ..data.t2i import (BENCHMARKS, GENERATED_TO_UINT8, IMAGE_RESIZE, SELECTION, Benchmark, BenchmarkName, Item,
                        prepare_generated, read_benchmark, reference_batches)
 
 ClipPreset = Literal["dmd2", "torchmetrics", "hessel"]

@@ -1,7 +1,7 @@
 """Text-to-image training data as pre-computed latents and prompt embeddings (registry name ``latents``).
 
 DMD2 and the other SD/SDXL recipes never run the VAE or the text encoders inside the training loop (DMD2 pre-computes
-SDXL latents into LMDB; anchors-image.md sec. 4.1): ``diffdistill encode`` (diffdistill/encode.py) writes a folder
+SDXL latents into LMDB; Yin et al., arXiv:2405.14867, appendix): ``diffdistill encode`` (diffdistill/data/encode.py) writes a folder
 
     meta.json                 {"format": 1, "count": N, "shards": [...], "pipeline": ..., "resolution": ...}
     shard-00000.safetensors   latents [n, C, h, w] (VAE latents x scaling factor), text [n, L, D] (prompt embedding),
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .data import Batch, epoch_batch_indices
-from .models.base import Cond
+from . import Batch, epoch_batch_indices
+from ..models.base import Cond
 
 META = "meta.json"
 NULL = "null.safetensors"
@@ -31,7 +31,7 @@ COND_KEYS = ("text", "pooled", "time_ids")      # Cond fields a shard may hold, 
 
 @dataclass
 class LatentsConfig:
-    """A folder written by ``diffdistill encode`` (latents + prompt embeddings; see diffdistill/latents.py)."""
+    """A folder written by ``diffdistill encode`` (latents + prompt embeddings; see diffdistill/data/latents.py)."""
 
     path: str = ""
 
@@ -43,7 +43,7 @@ class LatentsConfig:
 def _missing(path: Path, what: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"data.path={str(path)!r}: {what}. Point data.path at a folder written by `diffdistill encode --pipeline "
-        f"<diffusers folder> --images <image folder with captions> --out <folder>` (see diffdistill/latents.py)")
+        f"<diffusers folder> --images <image folder with captions> --out <folder>` (see diffdistill/data/latents.py)")
 
 
 class LatentsStream:
@@ -81,7 +81,7 @@ class LatentsStream:
     def _load_null(self, path: Path) -> dict[str, Tensor] | None:
         if not path.is_file():
             return None          # guided teachers then fail with the model's own "no null condition" error
-        from .files import load_safetensors
+        from ..files import load_safetensors
 
         return load_safetensors(path, "re-run `diffdistill encode`")
 

@@ -73,7 +73,7 @@ def encode_folder(pipeline: str | Path, images: str | Path, out: str | Path, res
     """Write the latents folder for ``images`` (see the module docstring); returns ``out``."""
     from safetensors.torch import save_file
 
-    from .models.diffusers import PipelineEncoder
+    from ..models.diffusers import PipelineEncoder
 
     pairs = captioned_images(images)
     encoder = PipelineEncoder(pipeline, device, getattr(torch, vae_dtype))

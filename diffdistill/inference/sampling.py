@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .models.base import Cond, DiffusionModel
+from ..models.base import Cond, DiffusionModel
 
 StepCallback = Callable[[int, Tensor, Tensor], None]    # (step index, x_t before the step, predicted x0)
 

@@ -3,7 +3,7 @@
 :class:`SideBySide` loads a student export (and optionally a teacher export) once, keeps both on one device, and
 turns a :class:`Request` (class or prompt, step counts, guidance, seed, number of images) into a :class:`Comparison`:
 images of both models plus ms per image, NFE and the student's speed-up measured in the same call. It holds no UI:
-``demos/gradio_sampler.py`` draws it with Gradio (gradio is imported only in ``demos/``, DESIGN.md).
+``demos/gradio_sampler.py`` draws it with Gradio (gradio is imported only in ``demos/``, tests/test_imports.py).
 
 Step choices come from each export's ``sampling`` meta (written by the method's ``sampling_info``): a distilled
 student (``sampler: few_step``) offers only its distilled step count, because its times are the ones it was trained
@@ -22,12 +22,12 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from .data import FMNIST_CLASSES
-from .models.base import Cond, DiffusionModel, guided
-from .models.registry import find_export, load_model, read_export_meta
+from ..data import FMNIST_CLASSES
+from ..models.base import Cond, DiffusionModel, guided
+from ..models.registry import find_export, load_model, read_export_meta
 from .generate import plan_sampling
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "fmnist"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "fmnist"
 DEFAULT_STUDENT = ASSETS / "dmd2_1step"
 DEFAULT_TEACHER = ASSETS / "teacher"
 TEACHER_STEPS = (50, 25, 10)        # DDIM step counts offered for ODE models, besides their export's own
@@ -143,7 +143,7 @@ class PromptConditioner:
     """Text conditioning and latent decoding through a diffusers SD / SDXL pipeline folder (its encoders and VAE)."""
 
     def __init__(self, folder: str | Path, device: torch.device) -> None:
-        from .models.diffusers import PipelineEncoder     # needs diffusers: only text models get here
+        from ..models.diffusers import PipelineEncoder     # needs diffusers: only text models get here
 
         self.encoder = PipelineEncoder(folder, str(device))
         self.device = device

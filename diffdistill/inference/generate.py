@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .models.base import Cond, DiffusionModel, guided
+from ..models.base import Cond, DiffusionModel, guided
 from .sampling import few_step_sample, ode_sample
 
 
