@@ -137,9 +137,9 @@ def _class_props(s: SideBySide) -> dict:
 def _student_props(s: SideBySide) -> dict:
     m = s.student
     if m.distilled:
-        ts = ", ".join(f"{t:.3f}" for t in m.sampling.get("times", []))
-        note = f"the distilled schedule: t = {ts}" + (f" (timesteps {m.sampling['timesteps']})"
-                                                      if m.sampling.get("timesteps") else "")
+        ts = ", ".join(f"{t:.3f}" for t in m.spec.times)
+        note = f"the distilled schedule: t = {ts}" + (f" (timesteps {list(m.spec.timesteps)})"
+                                                      if m.spec.timesteps else "")
     else:
         note = "this model is not distilled: ODE steps"
     return {"choices": m.step_choices, "value": m.default_steps, "info": note}
@@ -158,7 +158,7 @@ def _guidance_props(s: SideBySide) -> dict:
 
 def _model_info(s: SideBySide) -> str:
     def line(name: str, m) -> str:
-        how = (f"{m.sampler} sampler, steps {m.step_choices}" if m.distilled
+        how = (f"{m.spec.sampler} sampler, steps {m.step_choices}" if m.distilled
                else f"DDIM, {m.default_steps} steps, CFG {m.default_guidance:g}")
         return f"**{name}:** `{_shown(m.directory)}` ({how})"
 

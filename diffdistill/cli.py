@@ -24,8 +24,9 @@ from typing import Any, Sequence
 import torch
 
 from .config import ConfigError, dump_yaml, load_yaml
-from .models.registry import MODEL_KINDS, build_model, count_parameters, find_export, load_model, read_export_meta
-from .train.recipe import RunConfig, resolve
+from .inference.spec import SAMPLERS
+from .models.registry import MODEL_KINDS, count_parameters, find_export, load_model, read_export_meta
+from .train.recipe import ResolvedRun, RunConfig, resolve
 
 EXIT_BAD_INPUT = 2
 
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    if args.command in ("train", "validate") and not args.recipe:
+        parser.error(f"{args.command} needs a recipe: diffdistill {args.command} RECIPE [key.sub=value ...] "
+                     "(`diffdistill ls` lists the shipped recipes)")
     try:
         return args.func(args)
     except (ConfigError, ValueError, OSError) as err:     # FileNotFoundError, DamagedFileError, CheckpointError, ...
@@ -61,8 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     t = sub.add_parser("train", help="train a recipe (resumes from the newest checkpoint in its output_dir)")
-    t.add_argument("recipe")
-    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.max_steps=100")
+    t.add_argument("recipe", nargs="?", help="a recipe YAML file (`diffdistill ls` lists the shipped ones)")
+    t.add_argument("overrides", nargs="*", help="optional key.sub=value overrides, e.g. trainer.max_steps=100")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or loss lines (errors and the final line only)")
+    t.add_argument("--log-every", type=int, default=None, metavar="N",
+                   help="a loss line (and a metrics.jsonl row) every N steps (= trainer.log_every=N)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="sample an exported model (a run dir or its export/ dir)")
@@ -70,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own setting)")
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--guidance", type=float, default=None, help="standard-form CFG scale (1 = none)")
-    s.add_argument("--sampler", choices=["ode", "few_step"], default=None)
+    s.add_argument("--sampler", choices=SAMPLERS, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="text models (SD1.5, SDXL): a prompt; repeat for several (samples cycle through them)")
@@ -78,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--pipeline", default=None, metavar="FOLDER",
                    help="text models: the diffusers pipeline folder whose text encoders and VAE to use (default: "
                         "the teacher folder the run was trained from, recorded in the export)")
-    s.add_argument("--out", default=None, help="PNG path (default: <export dir>/samples-<sampler>-<steps>.png)")
+    s.add_argument("--off-schedule", action="store_true",
+                   help="allow --steps / --sampler other than a distilled student's own (it was not trained for them)")
+    s.add_argument("--out", default=None,
+                   help="PNG path (default: <export dir>/samples-<sampler>-<steps>steps-seed<seed>.png, never "
+                        "overwriting: -2, -3, ... are added); a JSON report is written next to it")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("export", help="export the newest checkpoint of a run (EMA weights if kept) to <run>/export")
@@ -99,8 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_encode)
 
     v = sub.add_parser("validate", help="check a recipe and print its resolved config")
-    v.add_argument("recipe")
-    v.add_argument("overrides", nargs="*")
+    v.add_argument("recipe", nargs="?", help="a recipe YAML file")
+    v.add_argument("overrides", nargs="*", help="optional key.sub=value overrides")
     v.set_defaults(func=cmd_validate)
 
     sub.add_parser("demo", add_help=False, help="Gradio sampler: a student next to its teacher, timed "
@@ -131,7 +142,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    return _train(args.recipe, args.overrides)
+    overrides = list(args.overrides) + ([f"trainer.log_every={args.log_every}"] if args.log_every else [])
+    return _train(args.recipe, overrides, quiet=args.quiet)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -152,56 +164,61 @@ def cmd_export(args: argparse.Namespace) -> int:
     return _train(run_dir / "config.yaml", [f"trainer.max_steps={step}", f"output_dir={run_dir}"], write_config=False)
 
 
-def _train(recipe: str | Path, overrides: list[str], write_config: bool = True) -> int:
+def _train(recipe: str | Path, overrides: list[str], write_config: bool = True, quiet: bool = False) -> int:
     from .train.checkpoint import latest_checkpoint, run_lock
     from .methods import method_groups
-    from .train.recipe import check_resume_compatible
+    from .train.recipe import check_resume_compatible, resolve_run
     from .train.trainer import make_accelerator, validate_trainer_config
 
-    run, resolved = resolve(recipe, overrides)
+    run = resolve_run(recipe, overrides)            # every section validated once, into typed sections
     run_dir = Path(run.output_dir)
     validate_trainer_config(run.trainer, method_groups(run.method))
     accelerator = make_accelerator(run.trainer, run_dir)
     # one writer per run folder: held by the job's main process until the run ends (checkpoint.run_lock)
     with run_lock(accelerator, run_dir):
         if latest_checkpoint(run_dir) is not None and (run_dir / "config.yaml").is_file():
-            check_resume_compatible(load_yaml(run_dir / "config.yaml"), resolved)
-        return _train_locked(run, resolved, run_dir, accelerator, write_config)
+            check_resume_compatible(load_yaml(run_dir / "config.yaml"), run.resolved)
+        return _train_locked(run, run_dir, accelerator, write_config, quiet)
 
 
-def _train_locked(run: RunConfig, resolved: dict, run_dir: Path, accelerator: Any, write_config: bool) -> int:
+def _train_locked(run: ResolvedRun, run_dir: Path, accelerator: Any, write_config: bool, quiet: bool) -> int:
     from accelerate.utils import set_seed
 
-    from .train.checkpoint import latest_checkpoint
-    from .data import build_stream, data_config
+    from .data import open_stream
     from .methods import build_method
+    from .models.registry import build_section
+    from .train.checkpoint import latest_checkpoint
     from .train.trainer import NonFiniteLossError, fit
 
+    resolved = run.resolved
     # a resumed run rewrites config.yaml (its new max_steps) only once it has trained: a resume that fails (damaged
     # checkpoints, a NaN) leaves the run folder as it was
     write_now = write_config and latest_checkpoint(run_dir) is None
     if accelerator.is_main_process and write_now:
         dump_yaml(resolved, run_dir / "config.yaml")
     set_seed(run.trainer.seed)      # the same initial weights on every rank and in every rerun of this recipe
-    model = build_model(run.model)
-    models = {"model": model, **{role: build_model(getattr(run, role), role) for role in ("student", "critic")
-                                 if getattr(run, role) is not None}}
-    _, data_cfg = data_config(run.data)
-    method = build_method(run.method, models, data_cfg.num_classes)
-    data = build_stream(run.data, run.trainer.batch_size, run.trainer.seed, accelerator.process_index,
-                        accelerator.num_processes)
-    accelerator.print(f"{type(method).__name__} on {run.model['kind']} ({count_parameters(model):,} parameters), "
+    model = build_section(run.model)
+    models = {"model": model, **{role: build_section(section, role) for role, section in run.roles.items()}}
+    method = build_method(run.method, models, run.data.config.num_classes)
+    data = open_stream(run.data, run.trainer.batch_size, run.trainer.seed, accelerator.process_index,
+                       accelerator.num_processes)
+    accelerator.print(f"{type(method).__name__} on {run.model.name} ({count_parameters(model):,} parameters), "
                       f"{run.trainer.max_steps} steps -> {run_dir}")
     started = time.perf_counter()
     try:
-        result = fit(method, data, run.trainer, run_dir, accelerator, resolved, _start_lineage(run))
+        result = fit(method, data, run.trainer, run_dir, accelerator, resolved, _start_lineage(run.run), quiet)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if accelerator.is_main_process and write_config and not write_now:
         dump_yaml(resolved, run_dir / "config.yaml")
-    accelerator.print(f"done: step {result.step} in {time.perf_counter() - started:.1f} s; exported to "
-                      f"{result.export_dir}; samples in {run_dir / 'samples'}")
+    if result.first_step == result.step:
+        accelerator.print(f"nothing to train: the run is already at step {result.step} (its max_steps); exported "
+                          f"again to {result.export_dir}")
+    else:
+        accelerator.print(f"done: steps {result.first_step + 1}-{result.step} in {time.perf_counter() - started:.1f} s"
+                          f" (the run's training so far: {result.train_seconds:.0f} s); exported to "
+                          f"{result.export_dir}; samples in {run_dir / 'samples'}")
     return 0
 
 
@@ -211,15 +228,15 @@ def _start_lineage(run: RunConfig) -> list[dict[str, Any]]:
     critic's training are not the student's cost, as in the benchmark tables."""
     from .train.lineage import stages_of_export
 
-    spec = run.student
+    spec = run.role_sections().get("student")
     if not spec or not spec.get("pretrained") or not Path(spec["pretrained"]).exists():   # none, or a hub id
         return []
     return stages_of_export(find_export(spec["pretrained"]))     # a run directory means its export/, as it loads
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .inference.generate import generate, plan_sampling
-    from .data import trained_mixture
+    from .inference.generate import export_spec, generate
+    from .data import class_names, trained_mixture
     from .metrics.distribution import toy_report
     from .visual import save_samples
 
@@ -236,16 +253,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"{str(directory)!r} is a text-conditioned model: pass --prompt TEXT (repeatable) or "
                          "--prompts-file FILE (one prompt per line)")
     model = load_model(directory).eval()
-    plan = plan_sampling(model, meta.get("sampling", {}), args.steps, args.sampler, args.guidance)
+    problem = export_spec(directory, model).off_schedule(args.steps, args.sampler)
+    if problem and not args.off_schedule:
+        raise ValueError(f"{problem}. Sample it as exported (drop --steps / --sampler), or pass --off-schedule")
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+    plan = export_spec(directory, model, args.steps, args.sampler, args.guidance)
     text = uncond = conditioner = None
     if text_model:
         conditioner = _prompt_conditioner(args.pipeline, meta, directory)
         text, uncond = conditioner.conds_many([prompts[i % len(prompts)] for i in range(args.n)], model.data_shape)
-    samples, _, seconds = generate(model, plan, args.n, seed=args.seed, progress=False, text=text, uncond=uncond)
+    samples, labels, seconds = generate(model, plan, args.n, seed=args.seed, progress=False, text=text,
+                                        uncond=uncond)
     if conditioner is not None:       # latents -> pixels through the pipeline's VAE
         samples = conditioner.decode(samples)
-    out = Path(args.out) if args.out else directory / f"samples-{plan.sampler}-{plan.steps}.png"
-    save_samples(samples, out, title=f"{plan.sampler}, {plan.steps} steps")
+    default = directory / f"samples-{plan.sampler}-{plan.steps}steps-seed{args.seed}.png"
+    out = Path(args.out) if args.out else _free_path(default)
+    data_name = meta.get("run_config", {}).get("data", {}).get("name")
+    save_samples(samples, out, title=f"{plan.sampler}, {plan.steps} steps", labels=labels,
+                 class_names=class_names(data_name, plan.num_classes))
     report = {"samples": args.n, "steps": plan.steps, "sampler": plan.sampler, "guidance": plan.guidance,
               "nfe": plan.nfe, "seconds": round(seconds, 4), "png": str(out)}
     if prompts:
@@ -256,6 +282,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``stem-2``, ``stem-3``, ... beside it: a second sample never replaces the first."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
 
 
 def _read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
@@ -317,15 +352,34 @@ def _recipe_roots() -> list[Path]:
     return list(dict.fromkeys(r for r in roots if r.is_dir()))
 
 
+def recipe_summary(path: Path) -> str:
+    """The first sentence of a recipe's opening comment (which may run over several lines), whole."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if text.startswith(("Launch:", "Then:", "Expect:")):
+            break
+        lines.append(text)
+    words = " ".join(lines)
+    end = words.find(". ")
+    return words[:end + 1] if end >= 0 else words
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from .data import DATASETS
     from .methods import METHODS
 
+    import textwrap
+
     print("recipes:")
     for root in _recipe_roots():
         for path in sorted(root.rglob("*.yaml")):
-            first = path.read_text().splitlines()[:1]
-            print(f"  {path.relative_to(root.parent)}  {first[0].lstrip('# ') if first else ''}")
+            print(f"  {path.relative_to(root.parent)}")
+            about = recipe_summary(path)
+            if about:
+                print(textwrap.fill(about, width=110, initial_indent="      ", subsequent_indent="      "))
     print("methods:")
     for name, (_, _, about) in METHODS.items():
         print(f"  {name}: {about}")

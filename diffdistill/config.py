@@ -80,6 +80,15 @@ def unknown_key_error(path: str, key: str, valid: list[str]) -> ConfigError:
     return ConfigError(f"unknown key {where!r}.{_suggest(key, valid)} Valid keys here: {', '.join(sorted(valid))}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A validated registry section of a recipe: the entry's name (model kind, method or dataset name) and its typed
+    config dataclass. Recipes are validated once into sections; everything downstream builds from them."""
+
+    name: str
+    config: Any
+
+
 def registry_entry(table: Mapping[str, tuple[str, str, str]], selector: str, name: str, path: str) -> tuple[type, Any]:
     """(config class, factory) of entry ``name`` in a lazy registry ``{name: (module, config class, factory)}``.
 

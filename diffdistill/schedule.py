@@ -133,6 +133,13 @@ class Schedule:
                                  float(config.get("beta_end", 0.02)))
 
     # ------------------------------------------------------------------ alpha, sigma
+    def matches(self, other: "Schedule", atol: float = 1e-6) -> bool:
+        """Same kind and the same alpha(t), sigma(t) on a grid of t: two networks that can share noised inputs."""
+        if self.kind != other.kind:
+            return False
+        t = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+        return all(torch.allclose(a, b, atol=atol) for a, b in zip(self.alpha_sigma(t), other.alpha_sigma(t)))
+
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha(t), sigma(t))`` in float64, same shape as ``t``."""
         t = torch.as_tensor(t, dtype=torch.float64)

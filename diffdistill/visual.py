@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 
-def save_samples(samples: Tensor, path: str | Path, title: str = "") -> Path:
-    """Write samples as a PNG: points [B, 2] -> scatter plot; images [B, C, H, W] in [-1, 1] -> grid;
-    video [B, T, C, H, W] -> one row of frames per sample."""
+def save_samples(samples: Tensor, path: str | Path, title: str = "", labels: Tensor | None = None,
+                 class_names: Sequence[str] | None = None, per_class: int = 10) -> Path:
+    """Write samples as a PNG: points [B, 2] -> scatter plot; images [B, C, H, W] in [-1, 1] -> grid (with
+    ``labels`` [B]: one row per class, at most ``per_class`` images, the class name on the left: the one layout of
+    previews, ``diffdistill sample`` and the benchmark grids); video [B, T, C, H, W] -> one row of frames per sample."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     samples = samples.detach().float().cpu()
     if samples.dim() == 2 and samples.shape[1] == 2:
         return _scatter(samples, path, title)
+    if samples.dim() == 4 and labels is not None:
+        return _class_grid(samples, labels.cpu(), class_names, per_class, path)
     if samples.dim() == 5:
         b, t = samples.shape[:2]
         return _grid(samples.reshape(b * t, *samples.shape[2:]), path, columns=t)
@@ -55,6 +60,30 @@ def _grid(images: Tensor, path: Path, columns: int) -> Path:
         canvas[:, r * (h + 2) + 1: r * (h + 2) + 1 + h, col * (w + 2) + 1: col * (w + 2) + 1 + w] = images[i]
     pixels = ((canvas.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
+    return path
+
+
+def _class_grid(images: Tensor, labels: Tensor, class_names: Sequence[str] | None, per_class: int,
+                path: Path) -> Path:
+    from PIL import Image, ImageDraw, ImageFont
+
+    classes = sorted(set(labels.tolist()))
+    names = [class_names[c] if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
+             for c in classes]
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte()
+    rows = [pixels[labels == c][:per_class] for c in classes]
+    font = ImageFont.load_default()
+    margin = 6 + int(max(font.getlength(name) for name in names))
+    n, c, h, w = images.shape
+    columns = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (margin + columns * (w + 2), len(rows) * (h + 2)))
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, row) in enumerate(zip(names, rows)):
+        draw.text((2, r * (h + 2) + max(0, (h - 10) // 2)), name, fill=(255, 255, 255), font=font)
+        for col, img in enumerate(row):
+            tile = img[:3] if c >= 3 else img[:1].expand(3, -1, -1)
+            canvas.paste(Image.fromarray(tile.permute(1, 2, 0).numpy()), (margin + col * (w + 2) + 1, r * (h + 2) + 1))
+    canvas.save(path)
     return path
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from toy_export import load_toy_export
 
-from diffdistill.inference.generate import generate, plan_sampling
+from diffdistill.inference.generate import generate
+from diffdistill.inference.spec import SamplingSpec
 from diffdistill.metrics.distribution import toy_report
 
 GAN = ["method.gan_student_weight=0.005", "method.gan_critic_weight=0.01"]
@@ -59,7 +60,7 @@ def train(recipe: str, overrides: list[str]) -> float:
 def score(run: Path, n: int) -> dict[str, float]:
     """Samples of the run's export on its own few-step schedule, measured against the exact mixture."""
     _, meta, model, mixture = load_toy_export(str(run))
-    plan = plan_sampling(model, meta["sampling"])
+    plan = SamplingSpec.from_dict(meta["sampling"], model.schedule)
     samples, _, _ = generate(model, plan, n, seed=0, progress=False)
     return toy_report(samples, mixture)
 

@@ -11,8 +11,13 @@ if [ "$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="s
     exit 0
 fi
 if command -v apt-get >/dev/null; then
-    $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null \
-        || echo "note: apt-get install dataset-fashion-mnist failed; tests that need it are skipped" >&2
+    echo "installing the Debian package dataset-fashion-mnist (Fashion-MNIST, about 30 MB) with apt-get" >&2
+    log=$(mktemp)
+    # apt's progress and debconf's notes go to a log, shown only when the install fails
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >"$log" 2>&1 \
+        && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >>"$log" 2>&1 \
+        || { cat "$log" >&2; echo "note: apt-get install dataset-fashion-mnist failed; tests that need it are skipped" >&2; }
+    rm -f "$log"
 else
     echo "note: no apt-get here; put the Fashion-MNIST .gz files in \$DIFFDISTILL_DATA/fashion-mnist" >&2
 fi

@@ -108,3 +108,27 @@ def test_resume_compatibility_allows_only_harmless_changes():
 def test_trainer_config_optimizer_groups_are_typed():
     cfg = coerce({"optimizers": {"model": {"betas": [0, 0.99]}}}, TrainerConfig, "trainer")
     assert cfg.optimizers["model"].betas == (0.0, 0.99)
+
+
+def test_role_sections_name_roles_the_method_declares():
+    """`roles:` gives any declared role a network of its own; an unknown or method-built role is a clear error."""
+    from diffdistill.train.recipe import resolve
+
+    mlp = {"kind": "mlp", "hidden": 16, "prediction": "x0"}
+    run, _ = resolve("recipes/dmd2/toy_gmm2d.yaml", [])
+    assert set(run.role_sections()) == {"student", "critic"}            # the `student:` / `critic:` shorthands
+    run, resolved = resolve({**_toy_dmd2(), "roles": {"critic": mlp}}, [])
+    assert run.role_sections() == {"critic": mlp} and resolved["roles"]["critic"]["hidden"] == 16
+    with pytest.raises(ConfigError, match="has no role 'target'; its roles: student, critic"):
+        resolve({**_toy_dmd2(), "roles": {"target": mlp}}, [])
+    with pytest.raises(ConfigError, match="gives role 'critic' twice"):
+        resolve({**_toy_dmd2(), "critic": mlp, "roles": {"critic": mlp}}, [])
+    with pytest.raises(ConfigError, match="builds its 'model' itself"):
+        resolve({**_toy_dmd2(), "method": {"name": "teacher"}, "roles": {"model": mlp}}, [])
+
+
+def _toy_dmd2():
+    from diffdistill.config import load_yaml
+
+    recipe = load_yaml("recipes/dmd2/toy_gmm2d.yaml")
+    return {k: v for k, v in recipe.items() if k not in ("student", "critic")}

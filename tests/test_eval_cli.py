@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from diffdistill.cli import main
 from diffdistill.data import FMNIST_DEB_DIR, load_fashion_mnist
 from diffdistill.eval.evaluate import Reference, check_protocols, load_images, image_files
-from diffdistill.inference.generate import generate, plan_sampling
+from diffdistill.inference.generate import export_spec, generate
+from diffdistill.inference.spec import SamplingSpec
 from diffdistill.metrics.fmnist import ASSETS, FMNISTEvaluator
 from diffdistill.models.registry import find_export, load_model, read_export_meta
 
@@ -60,7 +61,7 @@ def test_checkpoint_eval_equals_scoring_the_same_samples_directly(tmp_path, caps
                       "--seed", 3, "--no-pr", "--cache-dir", tmp_path)
     assert (report["steps"], report["nfe"], report["guidance"]) == (2, 4, 3.0)    # CFG 3 from the teacher's export
     model = load_model(find_export(TEACHER)).eval()
-    plan = plan_sampling(model, read_export_meta(find_export(TEACHER))["sampling"], steps=2)
+    plan = export_spec(find_export(TEACHER), model, steps=2)
     samples, labels, _ = generate(model, plan, 200, seed=3, progress=False)
     direct = FMNISTEvaluator().score(samples.clamp(-1, 1), labels)
     assert report["fid"] == pytest.approx(direct.fid, rel=1e-6)
@@ -68,30 +69,32 @@ def test_checkpoint_eval_equals_scoring_the_same_samples_directly(tmp_path, caps
     assert (tmp_path / "fmnist-test-reference.safetensors").is_file()        # B1's reference, built once
 
 
-def test_plan_follows_the_export_and_its_overrides():
+def test_spec_follows_the_export_and_its_overrides():
     model = load_model(find_export(TEACHER))
-    student_meta = {"sampler": "few_step", "times": [1.0, 0.5], "guidance": 1.0, "num_classes": 10}
-    plan = plan_sampling(model, student_meta)
-    assert plan.times == [1.0, 0.5] and plan.nfe == 2                       # its own distilled times
-    assert plan_sampling(model, student_meta, steps=4).steps == 4           # an explicit other count: a grid
-    teacher = plan_sampling(model, read_export_meta(find_export(TEACHER))["sampling"], steps=8)
+    student = SamplingSpec.from_dict({"sampler": "few_step", "times": [1.0, 0.5], "guidance": 1.0, "num_classes": 10},
+                                     model.schedule)
+    assert student.times == (1.0, 0.5) and student.nfe == 2 and student.distilled      # its own distilled times
+    assert student.override(model.schedule, steps=4).steps == 4            # an explicit other count: a grid
+    assert student.override(model.schedule, steps=2) == student            # its own count: its own times
+    teacher = export_spec(find_export(TEACHER), model, steps=8)
     assert teacher.sampler == "ode" and teacher.nfe == 16 and teacher.times[0] == pytest.approx(1.0)
+    assert SamplingSpec.from_dict(teacher.to_dict(), model.schedule) == teacher          # the export round trip
     with pytest.raises(ValueError, match="steps must be > 0"):
-        plan_sampling(model, student_meta, steps=0)
+        student.override(model.schedule, steps=0)
+    with pytest.raises(ValueError, match="decrease strictly"):
+        SamplingSpec("few_step", (0.5, 1.0))
 
 
-def test_generation_is_reproducible_and_batch_invariant():
+def test_generation_is_reproducible_and_independent_of_batch_size_and_n():
+    """The one seeding rule: sample i depends on (seed, i) only, also for the re-noising few-step sampler."""
     model = load_model(find_export(TEACHER)).eval()
-    plan = plan_sampling(model, {"sampler": "few_step", "times": [1.0, 0.5], "num_classes": 10})
-    a, labels, _ = generate(model, plan, 6, seed=1, batch_size=6, progress=False)
-    b, _, _ = generate(model, plan, 6, seed=1, batch_size=6, progress=False)
-    c, _, _ = generate(model, plan, 6, seed=2, batch_size=6, progress=False)
-    assert torch.equal(a, b) and not torch.equal(a, c) and labels.tolist() == [0, 1, 2, 3, 4, 5]
-    d, _, _ = generate(model, plan_sampling(model, {"sampler": "ode", "num_classes": 10}, steps=2), 6, seed=1,
-                       batch_size=4, progress=False)
-    e, _, _ = generate(model, plan_sampling(model, {"sampler": "ode", "num_classes": 10}, steps=2), 6, seed=1,
-                       batch_size=6, progress=False)
-    assert torch.allclose(d, e, atol=1e-5)                 # deterministic sampler: batching does not matter
+    spec = SamplingSpec("few_step", (1.0, 0.5), num_classes=10)
+    a, labels, _ = generate(model, spec, 6, seed=1, batch_size=6, progress=False)
+    b, _, _ = generate(model, spec, 6, seed=1, batch_size=4, progress=False)
+    c, _, _ = generate(model, spec, 6, seed=2, batch_size=6, progress=False)
+    tail, tail_labels, _ = generate(model, spec, 2, seed=1, first=4, progress=False)     # samples 4 and 5 alone
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c) and labels.tolist() == [0, 1, 2, 3, 4, 5]
+    assert torch.allclose(tail, a[4:], atol=1e-5) and tail_labels.tolist() == [4, 5]
 
 
 def test_bad_folders_and_references_say_what_to_do(tmp_path, capsys):

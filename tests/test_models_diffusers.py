@@ -269,3 +269,26 @@ def test_unrepresentable_schedule_is_copied_verbatim_on_export(tmp_path):
     torch.testing.assert_close(again.schedule.alpha_sigma(t)[0], model.schedule.alpha_sigma(t)[0], rtol=0, atol=0)
     expected = torch.cumprod(1 - torch.tensor(betas, dtype=torch.float64), 0)[taus]
     torch.testing.assert_close(model.schedule.alpha_sigma(t)[0] ** 2, expected, rtol=1e-12, atol=0)
+
+
+def test_attention_and_memory_switches_reach_the_network(tmp_path):
+    """attention / gradient_checkpointing / compile in a model section act through diffusers' and torch's own
+    switches; xformers without the package is a clear error; an export carries none of them."""
+    import importlib.util
+
+    from diffdistill.config import ConfigError
+
+    spec = {"kind": "unet", "config": tiny_sd15_unet_config()}
+    plain = build_model(spec)
+    assert {type(p).__name__ for p in plain.unet.attn_processors.values()} == {"AttnProcessor2_0"}   # SDPA
+    assert not plain.unet.is_gradient_checkpointing and plain.unet._compiled_call_impl is None
+    switched = build_model({**spec, "gradient_checkpointing": True, "compile": True})
+    assert switched.unet.is_gradient_checkpointing and switched.unet._compiled_call_impl is not None
+    assert list(switched.state_dict()) == list(plain.state_dict())          # compile in place: same names
+    if importlib.util.find_spec("xformers") is None:
+        with pytest.raises(ConfigError, match="xformers package is not installed"):
+            build_model({**spec, "attention": "xformers"})
+    with pytest.raises(ConfigError, match="'flash' is not one of 'sdpa', 'xformers'"):
+        build_model({**spec, "attention": "flash"})
+    exported = switched.export_config()
+    assert (exported["attention"], exported["compile"], exported["gradient_checkpointing"]) == ("sdpa", False, False)

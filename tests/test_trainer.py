@@ -10,6 +10,7 @@ from torch import nn
 
 from diffdistill.train.checkpoint import latest_checkpoint
 from diffdistill.data import ToyDataConfig, ToyMixtureStream
+from diffdistill.inference.spec import SamplingSpec
 from diffdistill.methods.base import Method
 from diffdistill.methods.teacher import Teacher, TeacherConfig
 from diffdistill.metrics.distribution import toy_report
@@ -76,6 +77,9 @@ class TwoGroup(Method):
 
     def export_model(self):
         return MLPDenoiser(MLPConfig(hidden=8, layers=1))
+
+    def sampling_spec(self):
+        return SamplingSpec("few_step", (1.0,))
 
 
 
@@ -206,3 +210,47 @@ def test_ema_warms_up_so_early_weights_do_not_linger():
     for _ in range(2000):
         ema.update_parameters(net)
     assert float(ema.module.weight) == pytest.approx(1.0, abs=1e-6)
+
+
+class WithHook(TwoGroup):
+    """Records the after-update hook and reads the EMA there, as a consistency target would."""
+
+    def __init__(self):
+        super().__init__(every=2)
+        self.updates, self.ema_seen = [], []
+
+    def after_update(self, phase, step):
+        self.updates.append((phase, step))
+        if phase == "student":
+            self.ema_seen.append(self.ema_model().weight.detach().clone())
+
+
+def test_after_update_runs_after_every_optimizer_step_and_sees_the_updated_ema(tmp_path):
+    from diffdistill.train.trainer import prepare_training, train_step
+
+    method, cfg = WithHook(), trainer_cfg(max_steps=4, ema_decay=0.5, ema_group="student")
+    accelerator, data = make_accelerator(cfg, tmp_path), ToyMixtureStream(ToyDataConfig(), cfg.batch_size)
+    session = prepare_training(method, cfg, accelerator)
+    for step in range(4):
+        train_step(method, session, data, step, cfg, accelerator, tmp_path)
+    assert method.updates == [("student", 0), ("critic", 0), ("critic", 1), ("student", 2), ("critic", 2),
+                              ("critic", 3)]
+    # the EMA was updated before the hook ran: after the first update it already differs from the initial weights
+    assert len(method.ema_seen) == 2 and not torch.equal(method.ema_seen[0], method.ema_seen[1])
+    assert isinstance(method.student, nn.Module) and method.student.weight is method.role("student").weight
+
+
+def test_a_method_that_reads_its_ema_needs_an_ema_and_roles_must_share_a_schedule(tmp_path):
+    class NeedsEMA(TwoGroup):
+        requires_ema = True
+
+    with pytest.raises(ValueError, match="set trainer.ema_decay"):
+        run_fit(NeedsEMA(), trainer_cfg(max_steps=1), tmp_path / "a")
+    from diffdistill.methods.dmd2 import DMD2, DMD2Config
+    from diffdistill.models.toy import ScheduleConfig
+
+    teacher = MLPDenoiser(MLPConfig(hidden=16, prediction="x0", schedule=ScheduleConfig(kind="flow")))
+    critic = MLPDenoiser(MLPConfig(hidden=16, prediction="x0", schedule=ScheduleConfig(kind="vp")))
+    method = DMD2(DMD2Config(), teacher, critic=critic)
+    with pytest.raises(ValueError, match="role 'critic' uses a vp schedule that differs from 'teacher'"):
+        run_fit(method, trainer_cfg(max_steps=1), tmp_path / "b")

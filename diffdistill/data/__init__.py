@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import registry_entry, typed_section
+from ..config import Section, registry_entry, typed_section
 from ..models.base import Cond
 from ..models.toy import GaussianMixture, MixtureConfig
 
@@ -155,9 +155,9 @@ def load_fashion_mnist(split: Literal["train", "test"], root: str | None = None,
             "with one of: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, offline-friendly); put the four "
             ".gz files in $DIFFDISTILL_DATA/fashion-mnist; or set data.download=true (needs internet).")
     with gzip.open(found / names[0]) as fh:
-        images = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+        images = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28).copy()   # writable for torch
     with gzip.open(found / names[1]) as fh:
-        labels = np.frombuffer(fh.read(), np.uint8, offset=8)
+        labels = np.frombuffer(fh.read(), np.uint8, offset=8).copy()
     if len(images) != len(labels):
         raise ValueError(f"{found}: {len(images)} images but {len(labels)} labels; the files are damaged")
     return images, labels
@@ -203,6 +203,13 @@ class FashionMNISTStream:
         return Batch(x0, Cond(labels=self.labels[index] if self.cfg.labels else None), index)
 
 
+def class_names(data_name: str | None, num_classes: int) -> list[str]:
+    """Names of a class-conditional dataset's classes, for grids and the demo (``class i`` where none are known)."""
+    if data_name == "fmnist" and num_classes == len(FMNIST_CLASSES):
+        return list(FMNIST_CLASSES)
+    return [f"class {i}" for i in range(num_classes)]
+
+
 def trained_mixture(export_meta: dict[str, Any]) -> MixtureConfig | None:
     """The toy mixture an exported model was trained on (from its ``run_config``), or None for other data."""
     data = export_meta.get("run_config", {}).get("data", {})
@@ -229,5 +236,9 @@ def data_config(spec: dict[str, Any], path: str = "data") -> tuple[str, Any]:
 
 
 def build_stream(spec: dict[str, Any], batch_size: int, seed: int, rank: int, world: int = 1) -> DataStream:
-    name, cfg = data_config(spec)
-    return registry_entry(DATASETS, "name", name, "data")[1](cfg, batch_size, seed, rank, world)
+    return open_stream(Section(*data_config(spec)), batch_size, seed, rank, world)
+
+
+def open_stream(section: Section, batch_size: int, seed: int, rank: int, world: int = 1) -> DataStream:
+    """The stream of a validated data section, for ``rank`` of ``world`` processes."""
+    return registry_entry(DATASETS, "name", section.name, "data")[1](section.config, batch_size, seed, rank, world)

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..inference.spec import SAMPLERS
 from ..metrics.extractors import FeatureExtractor, FMNISTExtractor, InceptionExtractor, extract_features
 from ..metrics.fmnist import ASSETS as FMNIST_ASSETS
 from ..metrics.frechet import FeatureStats, frechet_distance
@@ -211,13 +212,12 @@ def run_ref(args) -> dict:
 
 def sample_checkpoint(args) -> tuple[Tensor, Tensor | None, dict]:
     """N samples of an exported model with its own sampling settings (overridable), float in [-1, 1]."""
-    from ..inference.generate import generate, plan_sampling
-    from ..models.registry import find_export, load_model, read_export_meta
+    from ..inference.generate import export_spec, generate
+    from ..models.registry import find_export, load_model
 
     directory = find_export(args.checkpoint)
     model = load_model(directory).eval().to(args.device)
-    plan = plan_sampling(model, read_export_meta(directory).get("sampling", {}), args.steps, args.sampler,
-                         args.guidance)
+    plan = export_spec(directory, model, args.steps, args.sampler, args.guidance)
     samples, labels, seconds = generate(model, plan, args.n, seed=args.seed, batch_size=args.batch_size)
     info = {"checkpoint": str(directory), "sampler": plan.sampler, "steps": plan.steps, "nfe": plan.nfe,
             "guidance": plan.guidance, "seed": args.seed, "sampling_seconds": round(seconds, 3)}
@@ -294,7 +294,7 @@ def add_parsers(sub) -> None:
                         "match published FIDs); refused without this flag")
     e.add_argument("--n", type=int, default=10_000, help="samples to draw from --checkpoint")
     e.add_argument("--steps", type=int, help="override the model's sampling steps")
-    e.add_argument("--sampler", choices=["ode", "few_step"])
+    e.add_argument("--sampler", choices=SAMPLERS)
     e.add_argument("--guidance", type=float)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--limit", type=int, help="use only the first N images of a folder")

@@ -43,8 +43,8 @@ Protocol details:
 * Features: clean-fid's ``clean`` Inception (PIL bicubic float resize to 299) unless another extractor is given.
   Reference features are cached in ``cache_dir`` under a key of the benchmark, the selected files, resolution,
   resize and extractor protocol, so the second run reads no real image.
-* Noise: one CPU generator seeded once draws each image's starting noise in prompt order, one image at a time, so
-  image i starts from the same noise at any batch size or N.
+* Noise: the toolkit's one seeding rule (diffdistill/inference/noise.py): image i's starting and re-noising noise
+  come from CPU generators keyed by (seed, i, step), so image i is the same at any batch size or N.
 * CLIP score (optional, :mod:`.metrics.clip_score` presets): on the same eval-resolution uint8 images and the
   raw prompts (the preset adds its prefix). DMD2 reports ``dmd2`` (raw cosine) with ViT-g-14.
 """
@@ -73,6 +73,7 @@ from ..metrics.clip_score import CLIPScoreConfig, CLIPScorer, combine
 from ..metrics.extractors import FeatureExtractor, extract_features
 from ..metrics.frechet import FeatureStats, frechet_distance
 from ..models.registry import find_export, read_export_meta
+from ..inference.generate import generate
 from ..inference.side_by_side import LoadedModel, PromptConditioner, sync
 from ..data.t2i import (BENCHMARKS, GENERATED_TO_UINT8, IMAGE_RESIZE, SELECTION, Benchmark, BenchmarkName, Item,
                        prepare_generated, read_benchmark, reference_batches)
@@ -150,20 +151,19 @@ def generate_batches(model: LoadedModel, prompts: PromptConditioner, items: Sequ
     """One image per item's prompt, decoded and prepared like the real images. ``timer["seconds"]`` accumulates
     the sampling + VAE decoding wall time (text encoding and resizing excluded), synchronised on CUDA."""
     device = next(model.model.parameters()).device
-    noise_gen = torch.Generator().manual_seed(seed)           # CPU: the same noise on any device
-    renoise = torch.Generator(device).manual_seed(seed + 1)   # fresh noise of multi-step students (generate.py)
-    shape = model.model.data_shape
+    spec = model.spec.override(model.model.schedule, steps, guidance=guidance)
     timer = timer if timer is not None else {}
     for start in tqdm(range(0, len(items), batch_size), desc=f"sampling {steps} steps", unit="batch", leave=False):
         chunk = list(items[start:start + batch_size])
-        cond, uncond = prompts.conds_many([it.prompt for it in chunk], shape)
-        # one image at a time from the one generator: image i's noise is independent of the batch size
-        noise = torch.cat([torch.randn(1, *shape, generator=noise_gen) for _ in chunk]).to(device)
+        cond, uncond = prompts.conds_many([it.prompt for it in chunk], model.model.data_shape)
+        # the one sampling path; image i (the item's position) has its own noise, whatever the batch size
+        latents, _, seconds = generate(model.model, spec, len(chunk), seed, batch_size=len(chunk), progress=False,
+                                       text=cond, uncond=uncond, first=start)
         sync(device)
         begin = time.perf_counter()
-        pixels = prompts.decode(model.sample(noise, cond, steps, guidance, uncond, renoise))
+        pixels = prompts.decode(latents.to(device))
         sync(device)
-        timer["seconds"] = timer.get("seconds", 0.0) + time.perf_counter() - begin
+        timer["seconds"] = timer.get("seconds", 0.0) + seconds + time.perf_counter() - begin
         yield GeneratedBatch(start, prepare_generated(pixels, resolution), chunk)
 
 
@@ -315,11 +315,12 @@ def per_category_fid(features: Tensor, reference: Tensor, categories: Sequence[s
 
 
 def _sampler_protocol(model: LoadedModel, pipeline: Path, steps: int, guidance: float, config: T2IConfig) -> dict:
-    return {"checkpoint": str(model.directory), "pipeline": str(pipeline), "sampler": model.sampler,
-            "steps": steps, "guidance": guidance, "cfg_form": "uncond + w (cond - uncond)",
-            "nfe": steps * (2 if guidance != 1.0 else 1),          # CFG runs cond and uncond at each step
-            "seed": config.seed, "batch_size": config.batch_size,
-            "noise": "one CPU torch.Generator(seed), one image at a time in prompt order"}
+    spec = model.spec.override(model.model.schedule, steps, guidance=guidance)
+    return {"checkpoint": str(model.directory), "pipeline": str(pipeline), "sampler": spec.sampler,
+            "steps": spec.steps, "times": list(spec.times), "guidance": spec.guidance,
+            "cfg_form": "uncond + w (cond - uncond)", "nfe": spec.nfe, "seed": config.seed,
+            "batch_size": config.batch_size,
+            "noise": "per image: CPU generators keyed by (seed, image index, step) (diffdistill/inference/noise.py)"}
 
 
 def _sampling_settings(model: LoadedModel, config: T2IConfig) -> tuple[int, float]:

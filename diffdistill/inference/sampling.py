@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..models.base import Cond, DiffusionModel
 
 StepCallback = Callable[[int, Tensor, Tensor], None]    # (step index, x_t before the step, predicted x0)
+FreshNoise = Callable[[int], Tensor]    # step index i -> the noise that re-noises step i's x0 (inference/noise.py)
 
 
 def _times(ts: Sequence[float] | Tensor) -> Tensor:
@@ -61,14 +62,18 @@ def ode_sample(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tenso
     raise AssertionError("unreachable")
 
 
-def renoise(model: DiffusionModel, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Fresh-noise re-noising of a predicted x0 to time t (the multi-step student's transition)."""
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    return model.schedule.add_noise(x0, eps, _t_batch(t, x0))
+def renoise(model: DiffusionModel, x0: Tensor, t: Tensor, generator: torch.Generator | None = None,
+            eps: Tensor | None = None) -> Tensor:
+    """Fresh-noise re-noising of a predicted x0 to time t (the multi-step student's transition). The noise is
+    ``eps`` when given, else drawn from ``generator`` (the global RNG when None: training)."""
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return model.schedule.add_noise(x0, eps.to(device=x0.device, dtype=x0.dtype), _t_batch(t, x0))
 
 
 def backward_simulate(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tensor, k: int,
-                      cond: Cond | None = None, generator: torch.Generator | None = None) -> Tensor:
+                      cond: Cond | None = None, generator: torch.Generator | None = None,
+                      fresh_noise: FreshNoise | None = None) -> Tensor:
     """The student's input at step ``k`` of its own ``ts`` rollout, without gradients (DMD2 sec. 4.5).
 
     k = 0 returns ``noise`` itself (pure noise at ts[0]); for k > 0 the student runs steps 0..k-1 from that noise,
@@ -81,17 +86,19 @@ def backward_simulate(model: DiffusionModel, noise: Tensor, ts: Sequence[float] 
     with torch.no_grad():
         for i in range(k):
             x0 = model(x, _t_batch(ts[i], x), cond).x0
-            x = renoise(model, x0, ts[i + 1], generator)
+            x = renoise(model, x0, ts[i + 1], generator, fresh_noise(i) if fresh_noise is not None else None)
     return x
 
 
 def few_step_sample(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tensor, cond: Cond | None = None,
-                    generator: torch.Generator | None = None) -> Tensor:
+                    generator: torch.Generator | None = None, fresh_noise: FreshNoise | None = None) -> Tensor:
     """The few-step student sampler on explicit times: x0 = model(x, ts[i]); x = renoise(x0, ts[i+1]); ...
 
     Gradients flow only through the last call (the earlier ones are :func:`backward_simulate`), which is exactly
-    the student's training forward at the last step. Returns the final x0. Shapes: noise [B, ...] -> [B, ...].
+    the student's training forward at the last step. The fresh noise comes from ``fresh_noise(i)`` (inference's
+    per-sample rule), else ``generator`` (a diffusers pipeline's draws), else the global RNG (training).
+    Returns the final x0. Shapes: noise [B, ...] -> [B, ...].
     """
     ts = _times(ts)
-    x = backward_simulate(model, noise, ts, len(ts) - 1, cond, generator)
+    x = backward_simulate(model, noise, ts, len(ts) - 1, cond, generator, fresh_noise)
     return model(x, _t_batch(ts[-1], x), cond).x0

@@ -5,7 +5,7 @@ turns a :class:`Request` (class or prompt, step counts, guidance, seed, number o
 images of both models plus ms per image, NFE and the student's speed-up measured in the same call. It holds no UI:
 ``demos/gradio_sampler.py`` draws it with Gradio (gradio is imported only in ``demos/``, tests/test_imports.py).
 
-Step choices come from each export's ``sampling`` meta (written by the method's ``sampling_info``): a distilled
+Step choices come from each export's sampling spec (written by the method's ``sampling_spec``): a distilled
 student (``sampler: few_step``) offers only its distilled step count, because its times are the ones it was trained
 on; a teacher (``sampler: ode``) offers a few DDIM step counts. Guidance applies to ODE models only: distilled
 students bake CFG in (DMD2 distils the teacher's guided score) and sample at guidance 1.
@@ -22,10 +22,11 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from ..data import FMNIST_CLASSES
-from ..models.base import Cond, DiffusionModel, guided
+from ..data import class_names
+from ..models.base import Cond, DiffusionModel
 from ..models.registry import find_export, load_model, read_export_meta
-from .generate import plan_sampling
+from .generate import export_spec, generate
+from .spec import SamplingSpec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "fmnist"
 DEFAULT_STUDENT = ASSETS / "dmd2_1step"
@@ -91,7 +92,7 @@ class Comparison:
 
 
 class LoadedModel:
-    """One exported model on its device, with what its export says about sampling it."""
+    """One exported model on its device, with the sampling spec its export records."""
 
     def __init__(self, path: str | Path, device: torch.device) -> None:
         self.directory = find_export(path)
@@ -101,42 +102,35 @@ class LoadedModel:
             what = "video models arrive with the video tab" if kind == "wan" else "use `diffdistill sample` for it"
             raise ValueError(f"{str(self.directory)!r} holds a {kind!r} model; the demo samples image UNets "
                              f"({what})")
-        self.sampling: dict = meta.get("sampling", {})
-        self.sampler: str = self.sampling.get("sampler", "ode")
-        if self.sampler == "few_step" and not self.sampling.get("times"):
+        sampling = meta.get("sampling", {})
+        if sampling.get("sampler") == "few_step" and not sampling.get("times"):
             raise ValueError(f"{str(self.directory)!r} is a few-step student without sampling.times in its "
                              "diffdistill.json; re-export its run with `diffdistill export RUN`")
-        self.num_classes = int(self.sampling.get("num_classes", meta["model"].get("num_classes", 0)))
+        self.model: DiffusionModel = load_model(self.directory).to(device).eval().requires_grad_(False)
+        self.spec: SamplingSpec = export_spec(self.directory, self.model)
+        self.num_classes = self.spec.num_classes or int(meta["model"].get("num_classes", 0))
         self.conditioning: Conditioning = "class" if self.num_classes else "text"
         dataset = meta.get("run_config", {}).get("data", {}).get("name")
-        self.class_names = (list(FMNIST_CLASSES) if dataset == "fmnist" and self.num_classes == len(FMNIST_CLASSES)
-                            else [f"class {i}" for i in range(self.num_classes)])
+        self.class_names = class_names(dataset, self.num_classes)
         self.pipeline = meta.get("run_config", {}).get("model", {}).get("pretrained")    # text models: VAE, encoders
-        self.model: DiffusionModel = load_model(self.directory).to(device).eval().requires_grad_(False)
 
     @property
     def distilled(self) -> bool:
-        return self.sampler == "few_step"
+        return self.spec.distilled
 
     @property
     def step_choices(self) -> list[int]:
         if self.distilled:      # only the trained schedule: other step counts are off the distribution it learned
-            return [len(self.sampling["times"])]
-        return sorted({int(self.sampling.get("steps", TEACHER_STEPS[0])), *TEACHER_STEPS}, reverse=True)
+            return [self.spec.steps]
+        return sorted({self.spec.steps, *TEACHER_STEPS}, reverse=True)
 
     @property
     def default_steps(self) -> int:
-        return self.step_choices[0] if self.distilled else int(self.sampling.get("steps", TEACHER_STEPS[0]))
+        return self.spec.steps
 
     @property
     def default_guidance(self) -> float:
-        return float(self.sampling.get("guidance", 1.0))
-
-    def sample(self, noise: Tensor, cond: Cond, steps: int, guidance: float, uncond: Cond | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
-        """Shapes: noise [B, C, H, W] -> x0 [B, C, H, W] (pixels or latents, as the model works)."""
-        plan = plan_sampling(self.model, self.sampling, steps, guidance=guidance)
-        return plan.run(guided(self.model, guidance, uncond), noise, cond, generator)
+        return self.spec.guidance
 
 
 class PromptConditioner:
@@ -256,20 +250,18 @@ class SideBySide:
 
     def _run(self, m: LoadedModel, steps: int | None, guidance: float | None, cond: Cond, uncond: Cond | None,
              seed: int, n: int) -> Result:
-        steps = steps or m.default_steps
         # students sample at their exported guidance (1 for CFG-distilled ones); only ODE models take the slider
-        w = m.default_guidance if m.distilled or guidance is None else float(guidance)
-        # noise drawn on the CPU from the seed: the same images on any device, and the same start for both models
-        noise = torch.randn(n, *m.model.data_shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        renoise = torch.Generator(self.device).manual_seed(seed + 1)     # fresh noise of multi-step students
+        spec = m.spec.override(m.model.schedule, steps, guidance=None if m.distilled else guidance)
+        # the one sampling path (inference/generate.py): image i of seed s is image i of `diffdistill eval` at seed s
+        x, _, seconds = generate(m.model, spec, n, seed, batch_size=n, labels=cond.labels, progress=False,
+                                 text=cond if cond.labels is None else None, uncond=uncond)
         sync(self.device)
         start = time.perf_counter()
         with torch.no_grad():
-            x = m.sample(noise, cond, steps, w, uncond, renoise)
-            images = self.prompts.decode(x) if self.prompts is not None else x.clamp(-1, 1)
+            images = self.prompts.decode(x.to(self.device)) if self.prompts is not None else x.clamp(-1, 1)
         sync(self.device)
-        seconds = time.perf_counter() - start
-        return Result(images.float().cpu(), seconds, steps, steps * (2 if w != 1.0 else 1), w)
+        seconds += time.perf_counter() - start
+        return Result(images.float().cpu(), seconds, spec.steps, spec.nfe, spec.guidance)
 
 
 def _expand(fields: dict[str, Tensor], n: int, device: torch.device) -> Cond:

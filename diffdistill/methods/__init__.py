@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ConfigError, from_dict, unknown_key_error
+from ..config import ConfigError, Section, from_dict, unknown_key_error
 from ..models.base import DiffusionModel
-from .base import Method
+from .base import Method, Role
 from .dmd2 import DMD2, DMD2Config
 from .teacher import Teacher, TeacherConfig
 
@@ -26,13 +26,20 @@ def method_config(spec: dict[str, Any], path: str = "method") -> tuple[str, Any]
     return spec["name"], from_dict(METHODS[spec["name"]][0], {k: v for k, v in spec.items() if k != "name"}, path)
 
 
-def method_groups(spec: dict[str, Any]) -> tuple[str, ...]:
-    """The parameter groups a method trains (known before any model is built)."""
-    return METHODS[method_config(spec)[0]][1].groups
+def method_roles(spec: dict[str, Any] | Section) -> tuple[Role, ...]:
+    """The roles a method declares for its config (known before any model is built)."""
+    section = spec if isinstance(spec, Section) else Section(*method_config(spec))
+    return METHODS[section.name][1].declare_roles(section.config)
 
 
-def build_method(spec: dict[str, Any], models: dict[str, DiffusionModel | None], num_classes: int) -> Method:
-    """``models``: ``model`` (the network; the teacher for distillation methods) and, when the recipe has those
-    sections, ``student`` / ``critic`` networks of their own (otherwise methods copy the teacher)."""
-    name, cfg = method_config(spec)
-    return METHODS[name][1].build(cfg, models, num_classes)
+def method_groups(spec: dict[str, Any] | Section) -> tuple[str, ...]:
+    """The parameter groups a method trains: its trainable roles."""
+    return tuple(r.name for r in method_roles(spec) if r.trainable)
+
+
+def build_method(spec: dict[str, Any] | Section, models: dict[str, DiffusionModel | None], num_classes: int) -> Method:
+    """``spec``: a method section (validated once by ``train.recipe.resolve_run``, or a raw mapping). ``models``:
+    ``model`` (the network; the teacher for distillation methods) and a network for each role the recipe gives one
+    (``roles:``, ``student:``, ``critic:``); the method builds the others (usually teacher copies)."""
+    section = spec if isinstance(spec, Section) else Section(*method_config(spec))
+    return METHODS[section.name][1].build(section.config, models, num_classes)

@@ -35,6 +35,7 @@ from ..models.base import Cond, DiffusionModel, LoraConfig, freeze, guided, role
 from ..models.heads import attach_head
 from ..randomness import shared_randint
 from ..inference.sampling import backward_simulate, few_step_sample
+from ..inference.spec import SamplingSpec
 from .base import Method
 from .losses import denoising_loss, dmd_loss, gan_discriminator_loss, gan_generator_loss
 
@@ -92,11 +93,10 @@ class DMD2(Method):
         """The student's x0 at a random step k of its schedule, from its own rollout (backward simulation)."""
         k = int(shared_randint(0, len(self.times), device=batch.x0.device)) if len(self.times) > 1 else 0
         noise = torch.randn_like(batch.x0)
-        student = self.role("student")       # the no-grad rollout needs no DDP wrapper
         if self.cfg.backward_simulation or k == 0:
-            x_k = backward_simulate(student, noise, self.times, k, batch.cond)
+            x_k = backward_simulate(self.student, noise, self.times, k, batch.cond)
         else:   # ablation: the training/inference mismatch DMD2 fixes (noised real data as the step-k input)
-            x_k = student.schedule.add_noise(batch.x0, noise, self._t(self.times[k], batch.x0))
+            x_k = self.student.schedule.add_noise(batch.x0, noise, self._t(self.times[k], batch.x0))
         with torch.set_grad_enabled(with_grad):
             return self.student(x_k, self._t(self.times[k], x_k), batch.cond).x0, k
 
@@ -121,7 +121,7 @@ class DMD2(Method):
         with torch.no_grad():
             x_gen, _ = self.generate(batch, with_grad=False)
         if not self.gan:
-            schedule = self.role("critic").schedule
+            schedule = self.critic.schedule
             t = schedule.sample_t(x_gen.shape[0], device=x_gen.device)
             loss = denoising_loss(self.critic, schedule, x_gen, t, batch.cond)
             return loss, {"critic/denoise": loss.detach()}
@@ -130,7 +130,7 @@ class DMD2(Method):
     def _critic_loss_with_gan(self, batch: Batch, x_gen: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Denoising on x_gen and the discriminator loss (real vs x_gen, each noised at random t) in ONE critic
         forward: DDP cannot take several forwards of a module before one backward."""
-        schedule, n = self.role("critic").schedule, x_gen.shape[0]
+        schedule, n = self.critic.schedule, x_gen.shape[0]
         t = schedule.sample_t(n, device=x_gen.device)
         eps = torch.randn_like(x_gen)
         (real_t, t_real), (fake_t, t_fake) = self._noised(batch.x0), self._noised(x_gen)
@@ -145,7 +145,7 @@ class DMD2(Method):
 
     def _noised(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         """Diffusion-GAN input (DMD2 sec. 4.3): x0 noised at t ~ U[0, 1]."""
-        schedule = self.role("critic").schedule
+        schedule = self.critic.schedule
         t = schedule.sample_t(x0.shape[0], device=x0.device)
         return schedule.add_noise(x0, torch.randn_like(x0), t), t
 
@@ -165,11 +165,10 @@ class DMD2(Method):
     def export_model(self) -> DiffusionModel:
         return self.role("student")
 
-    def sampling_info(self) -> dict:
-        schedule = self.teacher.schedule
-        timesteps = [round(float(m)) for m in schedule.model_time(self.times)]
-        return {"sampler": "few_step", "steps": len(self.cfg.student_times), "times": list(self.cfg.student_times),
-                "timesteps": timesteps, "guidance": 1.0, "num_classes": self.num_classes}
+    def sampling_spec(self) -> SamplingSpec:
+        """The student's own fixed times at guidance 1 (the teacher's CFG is distilled into it)."""
+        timesteps = tuple(round(float(m)) for m in self.teacher.schedule.model_time(self.times))
+        return SamplingSpec("few_step", tuple(self.cfg.student_times), 1.0, self.num_classes, timesteps=timesteps)
 
 
 def _validate(cfg: DMD2Config) -> None:

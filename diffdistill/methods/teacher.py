@@ -14,7 +14,8 @@ from torch import Tensor
 from ..data import Batch
 from ..models.base import NULL_LABEL, Cond, DiffusionModel, guided
 from ..inference.sampling import ode_sample
-from .base import Method
+from ..inference.spec import SamplingSpec
+from .base import Method, Role
 from .losses import denoising_loss
 
 
@@ -44,6 +45,10 @@ class Teacher(Method):
             raise ValueError(f"method.noise_offset must be >= 0 (typical: 0.05-0.1), got {cfg.noise_offset}")
         self.cfg, self.model, self.num_classes = cfg, model, num_classes
         self.schedule = model.schedule
+
+    @classmethod
+    def declare_roles(cls, cfg: TeacherConfig) -> tuple[Role, ...]:
+        return (Role("model", section=False),)      # the recipe's `model:` section itself
 
     @classmethod
     def build(cls, cfg: TeacherConfig, models: dict[str, DiffusionModel | None], num_classes: int) -> "Teacher":
@@ -77,6 +82,7 @@ class Teacher(Method):
     def export_model(self) -> DiffusionModel:
         return self.role("model")
 
-    def sampling_info(self) -> dict:
-        return {"sampler": "ode", "steps": self.cfg.preview_steps, "spacing": self.cfg.preview_spacing,
-                "guidance": self.cfg.preview_guidance, "num_classes": self.num_classes}
+    def sampling_spec(self) -> SamplingSpec:
+        times = self.schedule.step_grid(self.cfg.preview_steps, self.cfg.preview_spacing)
+        return SamplingSpec("ode", tuple(float(t) for t in times), self.cfg.preview_guidance, self.num_classes,
+                            self.cfg.preview_spacing)

@@ -30,6 +30,9 @@ from .base import NULL_LABEL, Cond, DiffusionModel
 from .toy import ScheduleConfig
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+# sdpa: diffusers' own processors, which call torch's scaled_dot_product_attention (flash / memory-efficient kernels
+# where the device has them); xformers: its memory-efficient kernels (the [gpu] extra, CUDA only)
+Attention = Literal["sdpa", "xformers"]
 SCHEDULER_CONFIG = "scheduler_config.json"
 CLASS_TOKENS = "class_tokens.safetensors"
 _FROM_DIFFUSERS: dict[str, Kind] = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
@@ -39,7 +42,19 @@ _REEXPORT_HINT = ("re-download the model, or for an export of ours rerun `diffdi
 
 
 @dataclass
-class UNetConfig:
+class RuntimeSwitches:
+    """Per-role precision and memory settings of a diffusers network (not part of its architecture: exports reset
+    them). ``dtype``: the weights' precision; ``attention``: the attention backend; ``gradient_checkpointing`` and
+    ``compile`` (``torch.compile``, in place) through diffusers' and torch's own switches."""
+
+    dtype: Dtype = "float32"
+    gradient_checkpointing: bool = False
+    attention: Attention = "sdpa"
+    compile: bool = False
+
+
+@dataclass
+class UNetConfig(RuntimeSwitches):
     """A diffusers ``UNet2DConditionModel`` teacher/student (SD1.5, SD2, SDXL, or a small UNet trained here).
 
     Exactly one of ``pretrained`` (pipeline folder with ``unet/`` + ``scheduler/``, or a bare UNet folder) and
@@ -56,12 +71,10 @@ class UNetConfig:
     schedule: ScheduleConfig | None = None
     num_classes: int = 0
     class_tokens: int = 1
-    dtype: Dtype = "float32"
-    gradient_checkpointing: bool = False
 
 
 @dataclass
-class WanConfig:
+class WanConfig(RuntimeSwitches):
     """A diffusers ``WanTransformer3DModel`` (Wan 2.1 / 2.2), rectified flow (it predicts ``eps - x0``).
 
     ``pretrained`` (pipeline folder with ``transformer/`` + ``scheduler/``, or a bare folder) or ``config``, as for
@@ -76,8 +89,6 @@ class WanConfig:
     num_frames: int = 9
     height: int = 16
     width: int = 16
-    dtype: Dtype = "float32"
-    gradient_checkpointing: bool = False
 
 
 class _DiffusersAdapter(DiffusionModel):
@@ -109,8 +120,7 @@ class _DiffusersAdapter(DiffusionModel):
             with reading_weights(root / (sub or ""), _REEXPORT_HINT):
                 network = cls.from_pretrained(root, subfolder=sub, local_files_only=True, use_safetensors=True,
                                               torch_dtype=self.torch_dtype)
-        if cfg.gradient_checkpointing:
-            network.enable_gradient_checkpointing()
+        _memory_switches(network, cfg)
         # the schedule we write on export: the explicit one, the folder's (when a ScheduleConfig can say it), or the
         # fallback; None means "not representable" (e.g. trained_betas) and the source config is copied verbatim
         self._scheduler_source = scheduler
@@ -131,7 +141,7 @@ class _DiffusersAdapter(DiffusionModel):
 
         LoRA layers injected by ``role_copy`` are merged into a copy first, so plain diffusers loads the export; the
         adapters alone are also written as ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights`` on
-        the base model. ``sampling`` (a method's ``sampling_info``) picks the scheduler a student needs.
+        the base model. ``sampling`` (a method's ``sampling_spec().to_dict()``) picks the scheduler a student needs.
         """
         import diffusers
 
@@ -187,7 +197,9 @@ class _DiffusersAdapter(DiffusionModel):
         return self.cfg.subfolder or self.default_subfolder
 
     def export_config(self) -> dict[str, Any]:
-        resolved = replace(self.cfg, subfolder=self._export_subfolder, schedule=self.schedule_cfg)
+        # runtime switches are the training machine's business: an export loads with the defaults anywhere
+        resolved = replace(self.cfg, subfolder=self._export_subfolder, schedule=self.schedule_cfg, attention="sdpa",
+                           compile=False, gradient_checkpointing=False)
         if hasattr(resolved, "prediction"):
             resolved = replace(resolved, prediction=self.kind)
         return {"kind": self.registry_kind, **asdict(resolved)}
@@ -414,6 +426,22 @@ class PipelineEncoder:
 
 
 # ---------------------------------------------------------------------- helpers
+def _memory_switches(network: nn.Module, cfg: UNetConfig | WanConfig) -> None:
+    """A role's attention backend, gradient checkpointing and torch.compile, through diffusers' and torch's own
+    switches (precision is the role's ``dtype``, beside the trainer's autocast ``mixed_precision``)."""
+    if cfg.gradient_checkpointing:
+        network.enable_gradient_checkpointing()
+    if cfg.attention == "xformers":
+        import importlib.util
+
+        if importlib.util.find_spec("xformers") is None:
+            raise ConfigError("attention: xformers, but the xformers package is not installed; install the [gpu] "
+                              "extra (pip install 'diffdistill[gpu]', CUDA machines) or use attention: sdpa")
+        network.enable_xformers_memory_efficient_attention()
+    if cfg.compile:
+        network.compile()        # in place: parameter names (and so checkpoints and exports) stay as they are
+
+
 def _locate(root: Path, subfolder: str | None, what: str) -> tuple[Path, str | None, dict | None]:
     """(folder, subfolder to load from, scheduler config or None) for a pipeline folder or a bare model folder."""
     layout = (f"a diffusers pipeline folder holding {subfolder or '<model>'}/config.json (+ scheduler/"

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..config import ConfigError, registry_entry, to_dict, typed_section
+from ..config import ConfigError, Section, registry_entry, to_dict, typed_section
 from ..files import load_safetensors
 from .base import DiffusionModel
 
@@ -68,17 +68,20 @@ def model_config(spec: dict[str, Any], path: str = "model") -> tuple[str, Any]:
 def build_model(spec: dict[str, Any], path: str = "model") -> DiffusionModel:
     """Build (or load: adapters' ``pretrained`` diffusers folders, our networks' ``pretrained`` exports) the wrapped
     model a recipe section describes."""
-    source = _export_source(spec, path)
-    if source is not None:
-        directory = find_export(source)
+    return build_section(Section(*model_config(spec, path)), path)
+
+
+def build_section(section: Section, path: str = "model") -> DiffusionModel:
+    """The model of a validated section (``train.recipe.resolve_run`` validates each recipe section once)."""
+    if isinstance(section.config, ExportSource):
+        directory = find_export(section.config.pretrained)
         kind = read_export_meta(directory)["model"].get("kind")
-        if kind != spec["kind"]:
-            raise ConfigError(f"{path}.pretrained: {source!r} holds a {kind!r} model, not {spec['kind']!r}; "
-                              f"set {path}.kind: {kind}")
+        if kind != section.name:
+            raise ConfigError(f"{path}.pretrained: {section.config.pretrained!r} holds a {kind!r} model, not "
+                              f"{section.name!r}; set {path}.kind: {kind}")
         return load_model(directory)
-    kind, cfg = model_config(spec, path)
-    _, cls = _entry(kind, path)
-    return cls(cfg)
+    _, cls = _entry(section.name, path)
+    return cls(section.config)
 
 
 def save_model(model: DiffusionModel, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:

@@ -30,9 +30,9 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .checkpoint import STATE_FILE, latest_checkpoint, load_weights, resume_checkpoint, save_checkpoint
-from ..data import DataStream, batch_at
+from ..data import DataStream, batch_at, class_names
 from .lineage import run_log_seconds, stages_before
-from ..methods.base import Method
+from ..methods.base import Method, Prepared
 from ..models.registry import save_model
 from ..visual import save_samples
 
@@ -86,6 +86,8 @@ class FitResult:
     run_dir: Path
     export_dir: Path
     last_logs: dict[str, float]
+    first_step: int = 0               # the step this launch started from (== step: nothing left to train)
+    train_seconds: float = 0.0        # the run's training wall time over all its launches
 
 
 def validate_trainer_config(cfg: TrainerConfig, groups: tuple[str, ...]) -> None:
@@ -132,8 +134,12 @@ def make_accelerator(cfg: TrainerConfig, run_dir: Path) -> Accelerator:
 
 
 def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Path, accelerator: Accelerator,
-        run_config: dict[str, Any] | None = None, start_lineage: list[dict[str, Any]] | None = None) -> FitResult:
+        run_config: dict[str, Any] | None = None, start_lineage: list[dict[str, Any]] | None = None,
+        quiet: bool = False) -> FitResult:
     """Train ``method`` on ``data`` until ``cfg.max_steps``, resuming from the newest checkpoint in ``run_dir``.
+
+    The console shows a progress bar with the current losses and, every ``cfg.log_every`` steps, one compact line of
+    the losses averaged since the last line (``quiet``: neither; ``metrics.jsonl`` holds every logged value).
 
     ``start_lineage``: the earlier stages the trained network's starting weights already cost (an exported student
     it continues, ``lineage.stages_of_export``); a fresh run records them, a resumed run keeps its checkpoint's."""
@@ -167,13 +173,16 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
             accelerator.init_trackers(run_dir.name, config=run_config or {})
 
     step, logs = state["step"], {}
+    first_step = step
+    names = class_names((run_config or {}).get("data", {}).get("name"), method.sampling_spec().num_classes)
     lineage = state.get("lineage", [])
     # this run's wall time before this launch (checkpoints older than the field: the run's own log)
     earlier_seconds = state.get("train_seconds")
     if earlier_seconds is None:
         earlier_seconds = (run_log_seconds(run_dir, step) or 0.0) if step else 0.0
     window: dict[str, list[float]] = {}     # key -> [sum, count] since the last log line
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    console = accelerator.is_local_main_process and not quiet
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not console, desc="train", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     try:
         while step < cfg.max_steps:
@@ -188,9 +197,12 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
                 logs = {key: total / count for key, (total, count) in window.items()}
                 window.clear()
                 _log(accelerator, logs, step, run_dir, time.perf_counter() - started)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items()})
+                losses = loss_terms(logs)
+                bar.set_postfix(losses, refresh=False)
+                if console:
+                    bar.write(f"step {step}/{cfg.max_steps}  " + "  ".join(f"{k} {v}" for k, v in losses.items()))
             if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
-                _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png", data)
+                _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png", data, names)
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 state = {"step": step, "data_position": data.position, "logs": logs, "lineage": lineage,
                          "train_seconds": round(earlier_seconds + time.perf_counter() - started, 3)}
@@ -203,13 +215,13 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     train_seconds = round(earlier_seconds + time.perf_counter() - started, 3)
     export_dir = run_dir / "export"
     if accelerator.is_main_process:
-        _preview(method, ema, ema_group, cfg, run_dir / "samples" / "final.png", data)
+        _preview(method, ema, ema_group, cfg, run_dir / "samples" / "final.png", data, names)
         save_model(_export(method, ema), export_dir,
-                   {"run_config": run_config or {}, "sampling": method.sampling_info(), "trained_steps": step,
+                   {"run_config": run_config or {}, "sampling": method.sampling_spec().to_dict(), "trained_steps": step,
                     "train_seconds": train_seconds, "earlier_stages": lineage})
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return FitResult(step, run_dir, export_dir, logs)
+    return FitResult(step, run_dir, export_dir, logs, first_step, train_seconds)
 
 
 @dataclass
@@ -225,6 +237,9 @@ class TrainingSession:
 def prepare_training(method: Method, cfg: TrainerConfig, accelerator: Accelerator) -> TrainingSession:
     """Validate ``cfg``, seed, move ``method`` to the device and let accelerate wrap each trainable group."""
     validate_trainer_config(cfg, method.groups)
+    if method.requires_ema and cfg.ema_decay is None:
+        raise ValueError(f"{type(method).__name__} reads the EMA of its network (its target): set trainer.ema_decay")
+    method.check_schedules()
     set_seed(cfg.seed + accelerator.process_index)
     method.to(accelerator.device)
     groups = list(method.groups)
@@ -234,12 +249,15 @@ def prepare_training(method: Method, cfg: TrainerConfig, accelerator: Accelerato
         module, optimizers[g], schedulers[g] = accelerator.prepare(method.trainable()[g], optimizers[g], schedulers[g])
         method.attach(g, module)
     ema_group = cfg.ema_group or groups[0]
-    return TrainingSession(optimizers, schedulers, _make_ema(method.role(ema_group), cfg.ema_decay), ema_group)
+    ema = _make_ema(method.role(ema_group), cfg.ema_decay)
+    method.bind_ema(ema)
+    return TrainingSession(optimizers, schedulers, ema, ema_group)
 
 
 def train_step(method: Method, session: TrainingSession, data: DataStream, step: int, cfg: TrainerConfig,
                accelerator: Accelerator, run_dir: Path) -> list[dict[str, float]]:
-    """One training step: every phase ``method.phases(step)`` names (one optimizer update each), then the EMA.
+    """One training step: every phase ``method.phases(step)`` names (one optimizer update each, then the EMA and the
+    method's ``after_update`` hook).
     Returns each phase's logs. Benchmarks time this to measure a method's step without checkpoints or exports."""
     out = []
     for phase in method.phases(step):
@@ -247,6 +265,7 @@ def train_step(method: Method, session: TrainingSession, data: DataStream, step:
                               run_dir))
         if session.ema is not None and phase == session.ema_group:
             session.ema.update_parameters(method.role(session.ema_group))
+        method.after_update(phase, step)
     return out
 
 
@@ -295,7 +314,8 @@ def _run_phase(method: Method, phase: str, data: DataStream, step: int, cfg: Tra
                accelerator: Accelerator, optimizers: dict, schedulers: dict, run_dir: Path) -> dict[str, float]:
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
-    module = method.trainable()[phase]
+    module = getattr(method, phase)
+    module = module.wrapped if isinstance(module, Prepared) else module       # accelerate's wrapper (DDP's no_sync)
     totals: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
         batch = data.next().to(accelerator.device)
@@ -337,6 +357,13 @@ def _log(accelerator: Accelerator, logs: dict[str, float], step: int, run_dir: P
             accelerator.log(logs, step=step)
 
 
+def loss_terms(logs: dict[str, float]) -> dict[str, str]:
+    """The loss values of a log row for the console, under their full names (``student/gan`` and ``critic/gan`` are
+    different numbers): learning rates, gradient norms and indices stay in metrics.jsonl."""
+    skip = ("/lr", "grad_norm", "/k")
+    return {k: f"{v:.4g}" for k, v in logs.items() if not k.endswith(skip)}
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop the log lines of steps after the checkpoint a run resumes from (a run killed past its last checkpoint
     logged steps it will now take again) and any line cut short by the kill, so the log stays one line per logged
@@ -364,7 +391,7 @@ def _export(method: Method, ema: AveragedModel | None):
 
 
 def _preview(method: Method, ema: AveragedModel | None, ema_group: str, cfg: TrainerConfig, path: Path,
-             data: DataStream) -> None:
+             data: DataStream, names: list[str]) -> None:
     """Sample with the EMA weights when there are any (swapped in for the call, then restored); text models take
     the prompts of the data's batch 0 (the same images at every preview, and in an export that took no step)."""
     role = method.role(ema_group)
@@ -375,7 +402,9 @@ def _preview(method: Method, ema: AveragedModel | None, ema_group: str, cfg: Tra
     try:
         device = next(method.role(ema_group).parameters()).device
         samples = method.preview(cfg.preview_count, batch=batch_at(data, 0).to(device))
-        save_samples(samples, path, title=path.stem)
+        # class models preview classes 0, 1, ..., C-1, 0, ... (Method.preview_cond): a row per class in the grid
+        labels = torch.arange(samples.shape[0]) % len(names) if names else None
+        save_samples(samples, path, title=path.stem, labels=labels, class_names=names)
     finally:
         if backup is not None:
             role.load_state_dict(backup)

@@ -12,43 +12,30 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from diffdistill.data import FMNIST_CLASSES
 from diffdistill.metrics.fmnist import ASSETS, FMNISTEvaluator
-from diffdistill.models.base import Cond, guided
 from diffdistill.models.registry import find_export, load_model, read_export_meta
-from diffdistill.inference.sampling import few_step_sample, ode_sample
+from diffdistill.inference.generate import generate
+from diffdistill.inference.spec import SAMPLERS, SamplingSpec
 from diffdistill.visual import save_samples
 
 
-def sample_setting(model, ts, n: int, guidance: float, sampler: str, batch: int,
+def sample_setting(model, spec: SamplingSpec, n: int, batch: int,
                    seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Class-balanced samples (labels 0..9 repeating) on times ``ts`` and the sampling wall time in seconds.
-
-    ``sampler``: "ode" (DDIM/Euler, teachers) or "few_step" (x0 + fresh-noise re-noising, distilled students)."""
-    labels = torch.arange(n) % 10
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, *model.data_shape, generator=gen)
-    net = guided(model, guidance)
-    out, seconds = [], 0.0
-    for i in tqdm(range(0, n, batch), desc=f"{len(ts)} steps", leave=False):
-        cond = Cond(labels=labels[i:i + batch])
-        start = time.perf_counter()
-        with torch.no_grad():
-            x = (ode_sample(net, noise[i:i + batch], ts, cond) if sampler == "ode"
-                 else few_step_sample(net, noise[i:i + batch], ts, cond, generator=gen))
-        seconds += time.perf_counter() - start
-        out.append(x)
-    return torch.cat(out), labels, seconds
+    """Class-balanced samples (labels 0..9 repeating) of ``spec`` and the sampling wall time in seconds, through the
+    toolkit's one sampling path (so sample i is the one `diffdistill eval` and the demo draw for this seed)."""
+    return generate(model, replace(spec, num_classes=10), n, seed, batch_size=batch)
 
 
-def class_rows(images: torch.Tensor, labels: torch.Tensor, per_class: int = 10) -> torch.Tensor:
-    """[10 * per_class, C, H, W]: row c holds the first ``per_class`` samples of class c."""
-    return torch.cat([images[labels == c][:per_class] for c in range(10)])
+def save_class_grid(images: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
+    """A row per class (the first 10 samples of each), the class names on the left: the toolkit's one grid layout."""
+    save_samples(images, path, labels=labels, class_names=list(FMNIST_CLASSES))
 
 
 def main() -> None:
@@ -57,7 +44,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 50])
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--guidance", type=float, default=3.0, help="standard-form CFG scale")
-    p.add_argument("--sampler", choices=["ode", "few_step"], default="ode")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ode")
     p.add_argument("--spacing", default="trailing")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -78,15 +65,15 @@ def main() -> None:
               "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
     rows: list[dict] = []
     for steps in tqdm(order, desc="settings"):
-        images, labels, seconds = sample_setting(model, model.schedule.step_grid(steps, args.spacing), args.n,
-                                                 args.guidance, args.sampler, args.batch, args.seed)
+        spec = SamplingSpec(args.sampler, tuple(float(t) for t in model.schedule.step_grid(steps, args.spacing)),
+                            args.guidance, spacing=args.spacing)
+        images, labels, seconds = sample_setting(model, spec, args.n, args.batch, args.seed)
         scores = evaluator.score(images, labels)
-        nfe = steps * (2 if args.guidance != 1.0 else 1)
-        rows.append({"steps": steps, "nfe": nfe, **scores.as_dict(), "seconds": seconds, "images_per_s": args.n / seconds})
+        rows.append({"steps": steps, "nfe": spec.nfe, **scores.as_dict(), "seconds": seconds, "images_per_s": args.n / seconds})
         rows.sort(key=lambda r: r["steps"])
         for row in rows:
             row["speed_ratio_vs_reference"] = row["images_per_s"] / rows[-1]["images_per_s"]
-        save_samples(class_rows(images, labels), out / f"{args.name}_{steps:02d}steps.png")
+        save_class_grid(images, labels, out / f"{args.name}_{steps:02d}steps.png")
         write(out, args.name, {**header, "rows": rows}, reference)      # after every setting: nothing is lost
 
 

@@ -18,12 +18,12 @@ import platform
 from pathlib import Path
 
 import torch
-from bench import class_rows, sample_setting
+from bench import sample_setting, save_class_grid
 
+from diffdistill.inference.generate import export_spec
 from diffdistill.train.lineage import run_log_seconds, total_training
 from diffdistill.metrics.fmnist import FMNISTEvaluator
 from diffdistill.models.registry import find_export, load_model, read_export_meta
-from diffdistill.visual import save_samples
 
 
 def run_stats(export: Path) -> dict:
@@ -66,21 +66,19 @@ def main() -> None:
     if args.teacher_steps > 0:
         teacher = load_model(find_export(args.teacher)).eval()
         n_teacher = args.teacher_n or args.n
-        images, labels, seconds = sample_setting(teacher, teacher.schedule.step_grid(args.teacher_steps), n_teacher,
-                                                 args.guidance, "ode", args.batch, args.seed)
-        rows.append({"name": f"teacher {args.teacher_steps} steps", "steps": args.teacher_steps,
-                     "nfe": args.teacher_steps * (2 if args.guidance != 1 else 1),
+        spec = export_spec(find_export(args.teacher), teacher, args.teacher_steps, "ode", args.guidance)
+        images, labels, seconds = sample_setting(teacher, spec, n_teacher, args.batch, args.seed)
+        rows.append({"name": f"teacher {args.teacher_steps} steps", "steps": spec.steps, "nfe": spec.nfe,
                      **evaluator.score(images, labels).as_dict(), "images_per_s": n_teacher / seconds})
     for name, export in students:
         model = load_model(export).eval()
-        sampling = read_export_meta(export).get("sampling", {})
-        if sampling.get("sampler") != "few_step":
-            raise SystemExit(f"{export} is not a few-step student (sampling: {sampling}); use bench.py for teachers")
-        times = sampling["times"]
-        images, labels, seconds = sample_setting(model, times, args.n, 1.0, "few_step", args.batch, args.seed)
-        rows.append({"name": name, "steps": len(times), "nfe": len(times), **evaluator.score(images, labels).as_dict(),
+        spec = export_spec(export, model)
+        if not spec.distilled:
+            raise SystemExit(f"{export} is not a few-step student ({spec}); use bench.py for teachers")
+        images, labels, seconds = sample_setting(model, spec, args.n, args.batch, args.seed)
+        rows.append({"name": name, "steps": spec.steps, "nfe": spec.nfe, **evaluator.score(images, labels).as_dict(),
                      "images_per_s": args.n / seconds, **run_stats(export)})
-        save_samples(class_rows(images, labels), out / f"{args.name}_{name}.png")
+        save_class_grid(images, labels, out / f"{args.name}_{name}.png")
     reference = rows[0]["images_per_s"] if args.teacher_steps > 0 else None
     for row in rows:
         row["speed_ratio_vs_teacher"] = row["images_per_s"] / reference if reference else None

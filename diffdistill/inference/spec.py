@@ -1,0 +1,104 @@
+"""How to sample an exported model: the typed spec a method writes and the one sampling path reads.
+
+A method returns a :class:`SamplingSpec` (``Method.sampling_spec``); the trainer stores ``spec.to_dict()`` as the
+``sampling`` entry of the export's ``diffdistill.json``; ``sample``, ``eval``, the demo and the benchmark scripts
+read it back with :meth:`SamplingSpec.from_export` and sample through :func:`diffdistill.inference.generate.generate`.
+
+* ``sampler``: ``ode`` (DDIM / Euler on the probability-flow ODE: teachers) or ``few_step`` (predict x0, re-noise
+  with fresh noise, repeat: distilled students, DMD2 sec. 4.5, arXiv:2405.14867).
+* ``times``: the continuous times of the steps, noisy -> clean (1 = noise). A distilled student's are the times it was
+  trained on; other step counts are off its distribution.
+* ``guidance``: the standard-form CFG scale ``uncond + w (cond - uncond)``; 1 = none (students that distil a guided
+  teacher bake the guidance in and sample at 1).
+* ``chunk_frames``: video students that generate causally, chunk by chunk (0 = the whole sample at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from ..schedule import Schedule
+
+Sampler = Literal["ode", "few_step"]
+SAMPLERS: tuple[Sampler, ...] = ("ode", "few_step")
+Spacing = Literal["leading", "trailing", "linspace"]
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    sampler: Sampler
+    times: tuple[float, ...]
+    guidance: float = 1.0
+    num_classes: int = 0
+    spacing: Spacing = "trailing"          # the grid for another step count (ODE samplers)
+    timesteps: tuple[int, ...] = ()        # the network's own timesteps for ``times`` (diffusers pipelines)
+    chunk_frames: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        times = tuple(float(t) for t in self.times)
+        if not times or any(not 0.0 <= t <= 1.0 for t in times) or any(b >= a for a, b in zip(times, times[1:])):
+            raise ValueError(f"sampling times must decrease strictly within [0, 1], got {list(times)}")
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        if self.chunk_frames < 0:
+            raise ValueError(f"chunk_frames must be >= 0, got {self.chunk_frames}")
+
+    @property
+    def steps(self) -> int:
+        return len(self.times)
+
+    @property
+    def distilled(self) -> bool:
+        """A student trained on its own fixed times (only those times are on its distribution)."""
+        return self.sampler == "few_step"
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample: CFG runs the conditional and the unconditional model at every step."""
+        return self.steps * (1 if self.guidance == 1.0 else 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "times": list(self.times), "timesteps": list(self.timesteps), "steps": self.steps}
+
+    @classmethod
+    def from_dict(cls, info: dict[str, Any], schedule: Schedule) -> "SamplingSpec":
+        """Read an export's ``sampling`` entry (older exports: an ODE teacher recorded only its step count)."""
+        sampler = info.get("sampler", "ode")
+        spacing = info.get("spacing", "trailing")
+        times = info.get("times") or [float(t) for t in schedule.step_grid(int(info.get("steps", 50)), spacing)]
+        return cls(sampler, tuple(times), float(info.get("guidance", 1.0)), int(info.get("num_classes", 0)), spacing,
+                   tuple(info.get("timesteps", ())), int(info.get("chunk_frames", 0)))
+
+    def off_schedule(self, steps: int | None = None, sampler: Sampler | None = None) -> str | None:
+        """Why ``steps`` / ``sampler`` would sample a distilled student off what it was trained for (None: they
+        would not). A teacher's ODE takes any step count."""
+        if not self.distilled:
+            return None
+        asked = []
+        if steps is not None and steps != self.steps:
+            asked.append(f"{steps} steps")
+        if sampler is not None and sampler != self.sampler:
+            asked.append(f"the {sampler} sampler")
+        if not asked:
+            return None
+        return (f"this student was distilled for {self.steps} {self.sampler} step(s) at t = "
+                f"{[round(t, 4) for t in self.times]}; {' and '.join(asked)} would sample it off its training "
+                "distribution (washed-out samples)")
+
+    def override(self, schedule: Schedule, steps: int | None = None, sampler: Sampler | None = None,
+                 guidance: float | None = None) -> "SamplingSpec":
+        """This spec with a user's choices: another sampler, another step count (a ``spacing`` grid: a student
+        sampled off its distilled times), another CFG scale."""
+        if steps is not None and steps <= 0:
+            raise ValueError(f"steps must be > 0, got {steps}")
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        out = replace(self, sampler=sampler or self.sampler,
+                      guidance=float(guidance) if guidance is not None else self.guidance)
+        if steps is not None and steps != self.steps:
+            grid = tuple(float(t) for t in schedule.step_grid(steps, self.spacing))
+            out = replace(out, times=grid, timesteps=())
+        return out
