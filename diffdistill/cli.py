@@ -235,7 +235,7 @@ def _start_lineage(run: RunConfig) -> list[dict[str, Any]]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .inference.generate import export_spec, generate
+    from .inference.generate import generate, user_spec
     from .data import class_names, trained_mixture
     from .metrics.distribution import toy_report
     from .visual import save_samples
@@ -253,12 +253,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"{str(directory)!r} is a text-conditioned model: pass --prompt TEXT (repeatable) or "
                          "--prompts-file FILE (one prompt per line)")
     model = load_model(directory).eval()
-    problem = export_spec(directory, model).off_schedule(args.steps, args.sampler)
-    if problem and not args.off_schedule:
-        raise ValueError(f"{problem}. Sample it as exported (drop --steps / --sampler), or pass --off-schedule")
-    if problem:
-        print(f"warning: {problem}", file=sys.stderr)
-    plan = export_spec(directory, model, args.steps, args.sampler, args.guidance)
+    plan = user_spec(directory, model, args.steps, args.sampler, args.guidance, args.off_schedule)
     text = uncond = conditioner = None
     if text_model:
         conditioner = _prompt_conditioner(args.pipeline, meta, directory)

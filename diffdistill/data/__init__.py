@@ -227,6 +227,7 @@ DATASETS: dict[str, tuple[str, str, str]] = {
     "toy_gmm": ("diffdistill.data", "ToyDataConfig", "_toy_stream"),
     "fmnist": ("diffdistill.data", "FashionMNISTConfig", "FashionMNISTStream"),
     "latents": ("diffdistill.data.latents", "LatentsConfig", "LatentsStream"),
+    "moving_fmnist": ("diffdistill.data.moving", "MovingFMNISTConfig", "MovingFMNISTStream"),
 }
 
 

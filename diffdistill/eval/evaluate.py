@@ -212,12 +212,12 @@ def run_ref(args) -> dict:
 
 def sample_checkpoint(args) -> tuple[Tensor, Tensor | None, dict]:
     """N samples of an exported model with its own sampling settings (overridable), float in [-1, 1]."""
-    from ..inference.generate import export_spec, generate
+    from ..inference.generate import generate, user_spec
     from ..models.registry import find_export, load_model
 
     directory = find_export(args.checkpoint)
     model = load_model(directory).eval().to(args.device)
-    plan = export_spec(directory, model, args.steps, args.sampler, args.guidance)
+    plan = user_spec(directory, model, args.steps, args.sampler, args.guidance, args.off_schedule)
     samples, labels, seconds = generate(model, plan, args.n, seed=args.seed, batch_size=args.batch_size)
     info = {"checkpoint": str(directory), "sampler": plan.sampler, "steps": plan.steps, "nfe": plan.nfe,
             "guidance": plan.guidance, "seed": args.seed, "sampling_seconds": round(seconds, 3)}
@@ -295,6 +295,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--n", type=int, default=10_000, help="samples to draw from --checkpoint")
     e.add_argument("--steps", type=int, help="override the model's sampling steps")
     e.add_argument("--sampler", choices=SAMPLERS)
+    e.add_argument("--off-schedule", action="store_true",
+                   help="allow --steps / --sampler other than a distilled student's own (it was not trained for them)")
     e.add_argument("--guidance", type=float)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--limit", type=int, help="use only the first N images of a folder")

@@ -11,6 +11,7 @@ Teachers export ``sampler: ode`` (DDIM / Euler on a step grid, CFG in the standa
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,18 @@ def export_spec(directory: str | Path, model: DiffusionModel, steps: int | None 
     """The sampling spec an export records (``diffdistill.json``), with a user's overrides."""
     info = read_export_meta(directory).get("sampling", {})
     return SamplingSpec.from_dict(info, model.schedule).override(model.schedule, steps, sampler, guidance)
+
+
+def user_spec(directory: str | Path, model: DiffusionModel, steps: int | None, sampler: Sampler | None,
+              guidance: float | None, off_schedule: bool) -> SamplingSpec:
+    """:func:`export_spec` for a user's command-line choices: a distilled student sampled off the steps it was
+    trained for is refused unless ``off_schedule`` (then warned on stderr)."""
+    problem = export_spec(directory, model).off_schedule(steps, sampler)
+    if problem and not off_schedule:
+        raise ValueError(f"{problem}. Sample it as exported (drop --steps / --sampler), or pass --off-schedule")
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+    return export_spec(directory, model, steps, sampler, guidance)
 
 
 def class_labels(n: int, num_classes: int, first: int = 0) -> Tensor | None:

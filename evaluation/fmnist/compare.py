@@ -99,6 +99,7 @@ def main() -> None:
                      f"{r['diversity']:.2f} | {ratio} | {r.get('trained_steps') or '-'} | {wall} |")
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wrote {out / (args.name + '.md')}, {out / (args.name + '.json')} and the grids in {out}")
 
 
 if __name__ == "__main__":
