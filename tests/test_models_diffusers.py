@@ -15,6 +15,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteSched
 
 from diffdistill.config import ConfigError  # noqa: E402
 from diffdistill.models import diffusers as adapters  # noqa: E402
+from diffdistill.models.class_tokens import CLASS_TOKENS  # noqa: E402
 from diffdistill.models.base import NULL_LABEL, Cond, LoraConfig, freeze, guided, role_copy  # noqa: E402
 from diffdistill.models.registry import EXPORT_META, build_model, load_model, save_model  # noqa: E402
 from tiny_diffusers import (save_model_folder, save_pipeline, sd_scheduler, tiny_sd15_unet_config,  # noqa: E402
@@ -162,7 +163,7 @@ def test_class_tokens_condition_the_unet_and_survive_export(tmp_path):
         model(x, t, Cond(labels=torch.tensor([0, 1, 3, 0])))
 
     save_model(model, tmp_path)
-    assert (tmp_path / adapters.CLASS_TOKENS).is_file()
+    assert (tmp_path / CLASS_TOKENS).is_file()
     again = load_model(tmp_path)
     torch.testing.assert_close(again(x, t, Cond(labels=labels)).native, out, **EXACT)
     # `pretrained: <an export of ours>` alone is enough: num_classes/class_tokens come from its diffdistill.json
@@ -292,3 +293,27 @@ def test_attention_and_memory_switches_reach_the_network(tmp_path):
         build_model({**spec, "attention": "flash"})
     exported = switched.export_config()
     assert (exported["attention"], exported["compile"], exported["gradient_checkpointing"]) == ("sdpa", False, False)
+
+
+def test_a_class_conditioned_wan_takes_labels_through_learned_tokens_and_exports_them(tmp_path):
+    """B2's teacher: the unchanged WanTransformer3DModel conditioned on sprite classes through tokens in its text
+    stream (labels [B] or one per sprite [B, S]); null class for CFG; the export reloads to the same outputs."""
+    model = build_model({"kind": "wan", "config": tiny_wan_config(), "num_classes": 10, "class_tokens": 2,
+                         "num_frames": 4, "height": 8, "width": 8})
+    x, t = torch.randn(3, 4, 16, 8, 8), torch.tensor([0.2, 0.5, 0.9])
+    with torch.no_grad():
+        out = model(x, t, Cond(labels=torch.tensor([0, 4, 9]))).native
+        other = model(x, t, Cond(labels=torch.tensor([1, 4, 9]))).native
+        two = model(x, t, Cond(labels=torch.tensor([[0, 3], [4, 4], [9, 1]]))).native
+        null = model(x, t, model.null_cond(Cond(labels=torch.tensor([0, 4, 9])))).native
+    assert out.shape == x.shape and (out[0] - other[0]).abs().max() > 0 and torch.equal(out[1:], other[1:])
+    assert (two - out).abs().max() > 0 and (null - out).abs().max() > 0
+    with pytest.raises(ValueError, match="0..9 or NULL_LABEL"):
+        model(x, t, Cond(labels=torch.tensor([0, 4, 10])))
+    save_model(model, tmp_path)
+    assert (tmp_path / CLASS_TOKENS).is_file()
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path)(x, t, Cond(labels=torch.tensor([0, 4, 9]))).native, out)
+    text_only = build_model({"kind": "wan", "config": tiny_wan_config()})
+    with pytest.raises(ValueError, match="no class tokens.*conditioned on text"):
+        text_only(x, t, Cond(labels=torch.tensor([0, 4, 9])))

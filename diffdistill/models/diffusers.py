@@ -24,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError
-from ..files import load_safetensors, reading_weights
+from ..files import reading_weights
 from ..schedule import Kind, Schedule
-from .base import NULL_LABEL, Cond, DiffusionModel
+from .base import Cond, DiffusionModel
+from .class_tokens import class_context, make_class_embed, save_class_tokens
 from .toy import ScheduleConfig
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -34,7 +35,6 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 # where the device has them); xformers: its memory-efficient kernels (the [gpu] extra, CUDA only)
 Attention = Literal["sdpa", "xformers"]
 SCHEDULER_CONFIG = "scheduler_config.json"
-CLASS_TOKENS = "class_tokens.safetensors"
 _FROM_DIFFUSERS: dict[str, Kind] = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
 _TO_DIFFUSERS = {kind: name for name, kind in _FROM_DIFFUSERS.items()}
 _REEXPORT_HINT = ("re-download the model, or for an export of ours rerun `diffdistill export RUN` (it rewrites export/ "
@@ -79,7 +79,8 @@ class WanConfig(RuntimeSwitches):
 
     ``pretrained`` (pipeline folder with ``transformer/`` + ``scheduler/``, or a bare folder) or ``config``, as for
     :class:`UNetConfig`. ``schedule`` defaults to the folder's scheduler (its flow shift), else ``flow(shift=5)``.
-    ``num_frames``, ``height``, ``width`` are the default LATENT size samplers draw noise for.
+    ``num_frames``, ``height``, ``width`` are the default LATENT size samplers draw noise for. ``num_classes`` > 0
+    conditions it on classes through learned tokens in its text stream, as :class:`UNetConfig` does.
     """
 
     pretrained: str | None = None
@@ -89,6 +90,8 @@ class WanConfig(RuntimeSwitches):
     num_frames: int = 9
     height: int = 16
     width: int = 16
+    num_classes: int = 0          # > 0: learned class tokens as encoder_hidden_states (models/class_tokens.py)
+    class_tokens: int = 1
 
 
 class _DiffusersAdapter(DiffusionModel):
@@ -133,12 +136,41 @@ class _DiffusersAdapter(DiffusionModel):
             self.schedule, self.schedule_cfg = fallback.build(), fallback
         return network, scheduler, root
 
+    # learned class tokens (models/class_tokens.py) when num_classes > 0; each adapter sets both in __init__ (a class
+    # attribute default would shadow the submodule nn.Module registers)
+    class_embed: nn.Embedding | None
+    text_width: int | None
+    _text_null_help: str
+
+    def _context(self, cond: Cond, batch: int) -> Tensor:
+        """encoder_hidden_states [B, L, D]: the text embedding, or the class tokens of ``cond.labels``."""
+        name = type(self).__name__
+        if cond.labels is not None or (cond.text is None and self.class_embed is not None):
+            if self.class_embed is None:
+                raise ValueError(f"cond.labels given but this {name} has no class tokens (model.num_classes = 0): "
+                                 "it is conditioned on text")
+            if cond.text is not None:
+                raise ValueError(f"got both cond.text and cond.labels; a {name} is conditioned on one of them")
+            return class_context(self.class_embed, cond.labels, self.cfg.num_classes, self.cfg.class_tokens,
+                                 self.text_width, batch)
+        _expect("cond.text", cond.text, (batch, None, self.text_width), "[B, L, D] (the prompt embedding)")
+        return cond.text.to(self.torch_dtype)
+
+    def null_cond(self, cond: Cond) -> Cond:
+        """Labels -> NULL_LABEL; no labels on a class-token model is already unconditional; text needs ``uncond``."""
+        if cond.labels is not None:
+            return super().null_cond(cond)
+        if cond.text is None and self.class_embed is not None:
+            return cond
+        raise ValueError(self._text_null_help)
+
     def lora_network(self) -> nn.Module:
         return self.network
 
     def save_pretrained(self, directory: str | Path, sampling: dict[str, Any] | None = None) -> None:
         """Write ``<subfolder>/`` (safetensors) and ``scheduler/scheduler_config.json`` in the diffusers layout.
 
+        ``class_tokens.safetensors`` holds learned class tokens when the model has them.
         LoRA layers injected by ``role_copy`` are merged into a copy first, so plain diffusers loads the export; the
         adapters alone are also written as ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights`` on
         the base model. ``sampling`` (a method's ``sampling_spec().to_dict()``) picks the scheduler a student needs.
@@ -151,6 +183,8 @@ class _DiffusersAdapter(DiffusionModel):
         sched = {**self._scheduler_export(sampling or {}), "_diffusers_version": diffusers.__version__}
         (directory / "scheduler" / SCHEDULER_CONFIG).write_text(json.dumps(sched, indent=2))
         self._save_lora(directory)
+        if self.class_embed is not None:
+            save_class_tokens(self.class_embed, directory)
 
     def _save_lora(self, directory: Path) -> None:
         """The peft adapters in diffusers' LoRA format (with their rank/alpha metadata), if there are any."""
@@ -233,17 +267,8 @@ class DiffusersUNet(_DiffusersAdapter):
         self.data_shape = (c.in_channels, *size)
         width = c.encoder_hid_dim or c.cross_attention_dim   # encoder_hid_proj (if any) maps the text width in
         self.text_width = width if isinstance(width, int) else None
-        self.class_embed: nn.Embedding | None = None
-        if cfg.num_classes > 0:
-            if self.text_width is None:
-                raise ConfigError(f"class tokens need one cross_attention_dim, got {c.cross_attention_dim}")
-            self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.class_tokens * self.text_width).to(self.torch_dtype)
-        tokens = root / CLASS_TOKENS if root is not None else None
-        if tokens is not None and tokens.is_file():
-            if self.class_embed is None:
-                raise ConfigError(f"{tokens} holds learned class tokens but num_classes=0; set model.num_classes")
-
-            self.class_embed.load_state_dict(load_safetensors(tokens, _REEXPORT_HINT))
+        self.class_embed = make_class_embed(cfg.num_classes, cfg.class_tokens, self.text_width, self.torch_dtype,
+                                            root, _REEXPORT_HINT)
 
     @property
     def network(self) -> nn.Module:
@@ -268,22 +293,6 @@ class DiffusersUNet(_DiffusersAdapter):
                         encoder_hidden_states=self._context(cond, batch), added_cond_kwargs=added).sample
         return out.to(x_t.dtype)
 
-    def _context(self, cond: Cond, batch: int) -> Tensor:
-        """encoder_hidden_states [B, L, D]: the text embedding, or the class tokens of ``cond.labels``."""
-        if cond.labels is not None or (cond.text is None and self.class_embed is not None):
-            if self.class_embed is None:
-                raise ValueError("cond.labels given but this UNet has no class tokens (model.num_classes = 0)")
-            if cond.text is not None:
-                raise ValueError("got both cond.text and cond.labels; a UNet is conditioned on one of them")
-            labels = cond.labels if cond.labels is not None else torch.full((batch,), NULL_LABEL)  # absent = null
-            _expect("cond.labels", labels, (batch,), "[B]")
-            n = self.cfg.num_classes
-            if bool(((labels < NULL_LABEL) | (labels >= n)).any()):
-                raise ValueError(f"cond.labels must be in 0..{n - 1} or NULL_LABEL={NULL_LABEL}, got {labels.tolist()}")
-            idx = torch.where(labels == NULL_LABEL, n, labels).long().to(self.class_embed.weight.device)
-            return self.class_embed(idx).view(batch, self.cfg.class_tokens, self.text_width)
-        _expect("cond.text", cond.text, (batch, None, self.text_width), "[B, L, D] (the prompt embedding)")
-        return cond.text.to(self.torch_dtype)
 
     def _sdxl_added(self, cond: Cond, batch: int) -> dict[str, Tensor]:
         c = self.unet.config
@@ -300,23 +309,9 @@ class DiffusersUNet(_DiffusersAdapter):
                              f"{c.projection_class_embeddings_input_dim} (= n * {c.addition_time_embed_dim} + Dp)")
         return {"text_embeds": cond.pooled.to(self.torch_dtype), "time_ids": cond.time_ids.to(self.torch_dtype)}
 
-    def null_cond(self, cond: Cond) -> Cond:
-        """Labels -> NULL_LABEL; no labels on a class-token UNet is already unconditional; text needs ``uncond``."""
-        if cond.labels is not None:
-            return super().null_cond(cond)
-        if cond.text is None and self.class_embed is not None:
-            return cond
-        raise ValueError("a text-conditioned UNet has no built-in null condition: pass guided(model, w, uncond=Cond("
-                         "text=..., pooled=..., time_ids=...)) holding the empty-prompt embedding from the same text "
-                         "encoders (SDXL's pipeline uses zeros instead when force_zeros_for_empty_prompt is set)")
-
-    def save_pretrained(self, directory: str | Path, sampling: dict[str, Any] | None = None) -> None:
-        """diffusers layout (``unet/``, ``scheduler/``) plus ``class_tokens.safetensors`` when class tokens are used."""
-        super().save_pretrained(directory, sampling)
-        if self.class_embed is not None:
-            from safetensors.torch import save_file
-
-            save_file({"weight": self.class_embed.weight.detach().cpu().contiguous()}, Path(directory) / CLASS_TOKENS)
+    _text_null_help = ("a text-conditioned UNet has no built-in null condition: pass guided(model, w, uncond=Cond("
+                       "text=..., pooled=..., time_ids=...)) holding the empty-prompt embedding from the same text "
+                       "encoders (SDXL's pipeline uses zeros instead when force_zeros_for_empty_prompt is set)")
 
 
 class DiffusersWan(_DiffusersAdapter):
@@ -331,13 +326,16 @@ class DiffusersWan(_DiffusersAdapter):
 
     def __init__(self, cfg: WanConfig | None = None) -> None:
         super().__init__()
-        cfg = cfg or WanConfig()
-        self.transformer, _, _ = self._load(cfg, ScheduleConfig(kind="flow", shift=5.0))
+        cfg = _class_tokens_from_export(cfg or WanConfig())
+        self.transformer, _, root = self._load(cfg, ScheduleConfig(kind="flow", shift=5.0))
         if self.schedule.kind != "flow":
             raise ConfigError(f"Wan is a rectified-flow model but its schedule resolved to {self.schedule.kind!r}; "
                               "set model.schedule.kind=flow")
         self.kind = "flow"
         self.data_shape = (cfg.num_frames, self.transformer.config.in_channels, cfg.height, cfg.width)
+        self.text_width = self.transformer.config.text_dim
+        self.class_embed = make_class_embed(cfg.num_classes, cfg.class_tokens, self.text_width, self.torch_dtype,
+                                            root, _REEXPORT_HINT)
 
     @property
     def network(self) -> nn.Module:
@@ -351,20 +349,18 @@ class DiffusersWan(_DiffusersAdapter):
         if frames % p_t or height % p_h or width % p_w:
             raise ValueError(f"x_t: frames, height, width {[frames, height, width]} must be multiples of the patch "
                              f"size {list(c.patch_size)}")
-        if cond.labels is not None:
-            raise ValueError("Wan is text-conditioned; cond.labels is not supported")
-        _expect("cond.text", cond.text, (batch, None, c.text_dim), "[B, L, D] (the umT5 prompt embedding)")
+        context = self._context(cond, batch)
         timestep = self._timestep(t, x_t)
         if timestep.dim() == 2:     # per-frame times -> one per token, the [B, seq_len] form Wan 2.2 TI2V uses
             _expect("t", t, (batch, frames), "[B] or per-frame [B, T]")
             timestep = timestep[:, ::p_t].repeat_interleave((height // p_h) * (width // p_w), dim=1)
         out = self.transformer(x_t.permute(0, 2, 1, 3, 4).to(self.torch_dtype), timestep,
-                               encoder_hidden_states=cond.text.to(self.torch_dtype), return_dict=False)[0]
+                               encoder_hidden_states=context, return_dict=False)[0]
         return out.permute(0, 2, 1, 3, 4).to(x_t.dtype)
 
-    def null_cond(self, cond: Cond) -> Cond:
-        raise ValueError("Wan has no built-in null condition: pass guided(model, w, uncond=Cond(text=...)) holding the "
-                         "negative-prompt embedding (WanPipeline encodes negative_prompt, '' by default)")
+    _text_null_help = ("a text-conditioned Wan has no built-in null condition: pass guided(model, w, uncond=Cond("
+                       "text=...)) holding the negative-prompt embedding (WanPipeline encodes negative_prompt, '' by "
+                       "default)")
 
 
 class PipelineEncoder:
@@ -462,7 +458,7 @@ def _locate(root: Path, subfolder: str | None, what: str) -> tuple[Path, str | N
     return root, sub, scheduler
 
 
-def _class_tokens_from_export(cfg: UNetConfig) -> UNetConfig:
+def _class_tokens_from_export(cfg: UNetConfig | WanConfig) -> UNetConfig | WanConfig:
     """A folder exported by diffdistill records its class-token settings in diffdistill.json: use them when the
     recipe leaves num_classes at 0, so `pretrained: <export>` is all a distillation recipe needs."""
     meta = Path(cfg.pretrained).expanduser() / "diffdistill.json" if cfg.pretrained else None
