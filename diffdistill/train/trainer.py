@@ -138,7 +138,7 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
         quiet: bool = False) -> FitResult:
     """Train ``method`` on ``data`` until ``cfg.max_steps``, resuming from the newest checkpoint in ``run_dir``.
 
-    The console shows a progress bar with the current losses and, every ``cfg.log_every`` steps, one compact line of
+    The console shows a progress bar (steps, rate, time left) and, every ``cfg.log_every`` steps, one compact line of
     the losses averaged since the last line (``quiet``: neither; ``metrics.jsonl`` holds every logged value).
 
     ``start_lineage``: the earlier stages the trained network's starting weights already cost (an exported student
@@ -197,10 +197,10 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
                 logs = {key: total / count for key, (total, count) in window.items()}
                 window.clear()
                 _log(accelerator, logs, step, run_dir, time.perf_counter() - started)
-                losses = loss_terms(logs)
-                bar.set_postfix(losses, refresh=False)
+                # the losses go on a line of their own: a postfix would squeeze the bar to nothing on a narrow terminal
                 if console:
-                    bar.write(f"step {step}/{cfg.max_steps}  " + "  ".join(f"{k} {v}" for k, v in losses.items()))
+                    terms = "  ".join(f"{k} {v}" for k, v in loss_terms(logs).items())
+                    bar.write(f"step {step}/{cfg.max_steps}  {terms}")
             if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
                 _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png", data, names)
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
