@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from diffdistill.eval.evaluate import environment
 from diffdistill.metrics.extractors import FeatureExtractor, FMNISTExtractor, InceptionExtractor, extract_features
 from diffdistill.metrics.inception import InceptionNetwork, random_inception
-from diffdistill.inference.side_by_side import sync
+from diffdistill.inference.generate import sync
 
 
 def inception_extractor(path: str | None, device: str) -> InceptionExtractor:

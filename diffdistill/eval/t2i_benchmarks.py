@@ -73,8 +73,8 @@ from ..metrics.clip_score import CLIPScoreConfig, CLIPScorer, combine
 from ..metrics.extractors import FeatureExtractor, extract_features
 from ..metrics.frechet import FeatureStats, frechet_distance
 from ..models.registry import find_export, read_export_meta
-from ..inference.generate import generate
-from ..inference.side_by_side import LoadedModel, PromptConditioner, sync
+from ..inference.generate import generate, sync
+from ..inference.side_by_side import LoadedModel, PromptConditioner
 from ..data.t2i import (BENCHMARKS, GENERATED_TO_UINT8, IMAGE_RESIZE, SELECTION, Benchmark, BenchmarkName, Item,
                        prepare_generated, read_benchmark, reference_batches)
 

@@ -90,15 +90,16 @@ def generate(model: DiffusionModel, spec: SamplingSpec, n: int, seed: int = 0, b
             part = uncond.map(lambda v: v[i:i + batch_size].to(device)) if uncond is not None else None
             net = guided(model, spec.guidance, part)
         x = rule.initial(indices).to(device)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         x = run_spec(spec, net, x, cond, rule, indices)
-        _sync(device)
+        sync(device)
         seconds += time.perf_counter() - start
         out.append(x.cpu())
     return torch.cat(out), labels, seconds
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work before reading the clock (a no-op elsewhere)."""
     if device.type == "cuda":      # CUDA runs asynchronously: wait before reading the clock
         torch.cuda.synchronize(device)

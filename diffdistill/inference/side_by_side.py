@@ -25,7 +25,7 @@ from torch import Tensor
 from ..data import class_names
 from ..models.base import Cond, DiffusionModel
 from ..models.registry import find_export, load_model, read_export_meta
-from .generate import export_spec, generate
+from .generate import export_spec, generate, sync
 from .spec import SamplingSpec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "fmnist"
@@ -271,12 +271,6 @@ def _expand(fields: dict[str, Tensor], n: int, device: torch.device) -> Cond:
 
 def _describe(m: LoadedModel) -> str:
     return f"{m.num_classes} classes" if m.conditioning == "class" else "text-conditioned"
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued CUDA work before reading the clock (a no-op elsewhere)."""
-    if device.type == "cuda":     # CUDA runs asynchronously: wait before reading the clock
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from diffdistill.methods import build_method
 from diffdistill.models.base import Cond
 from diffdistill.models.diffusers import DiffusersUNet, UNetConfig
 from diffdistill.train.recipe import resolve
-from diffdistill.inference.side_by_side import sync
+from diffdistill.inference.generate import sync
 from diffdistill.train.trainer import make_accelerator, prepare_training, train_step
 
 # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the architecture only; the weights here are random)

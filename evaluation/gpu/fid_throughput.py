@@ -31,7 +31,7 @@ from diffdistill.eval.evaluate import environment, image_files, load_images
 from diffdistill.metrics.extractors import InceptionExtractor, extract_features
 from diffdistill.metrics.frechet import FeatureStats, frechet_distance
 from diffdistill.metrics.inception import random_inception, save_clean_fid_layout
-from diffdistill.inference.side_by_side import sync
+from diffdistill.inference.generate import sync
 
 
 def synthetic_folder(folder: Path, n: int, size: int, seed: int) -> Path:
