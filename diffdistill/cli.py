@@ -4,6 +4,7 @@
     diffdistill sample runs/toy-teacher --steps 4                              # a run dir or an export dir
     diffdistill export runs/toy-teacher                                        # newest checkpoint -> export/
     diffdistill encode --pipeline models/sdxl-base --images data/captioned --out data/sdxl-latents
+    diffdistill encode --pipeline models/wan2.1-t2v-1.3b --videos data/clips --out data/wan-latents
     diffdistill validate recipes/toy/teacher_gmm2d.yaml
     diffdistill eval --checkpoint runs/dmd2-fmnist-1step --features fmnist --n 10000   # FID/KID/PR, JSON
     diffdistill ls
@@ -96,11 +97,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.set_defaults(func=cmd_export)
 
-    c = sub.add_parser("encode", help="captioned images -> latents + prompt embeddings (data: {name: latents})")
+    c = sub.add_parser("encode", help="captioned images or videos -> latents + prompt embeddings "
+                                      "(data: {name: latents})")
     c.add_argument("--pipeline", required=True, help="a local diffusers pipeline folder (its VAE and text encoders)")
-    c.add_argument("--images", required=True, help="images with metadata.jsonl or <stem>.txt captions")
+    source = c.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="images with metadata.jsonl or <stem>.txt captions (SD1.5 / SDXL)")
+    source.add_argument("--videos", help="videos (GIF; MP4 etc. with the [video] extra) with metadata.jsonl or "
+                                         "<stem>.txt captions (Wan)")
     c.add_argument("--out", required=True, help="the latents folder to write")
     c.add_argument("--resolution", type=int, default=None, help="square crop size in pixels (default: the UNet's)")
+    c.add_argument("--frames", type=int, default=81, help="videos: frames kept from the start, 4k + 1 (Wan: 81)")
+    c.add_argument("--height", type=int, default=480, help="videos: frame height in pixels (Wan 2.1: 480)")
+    c.add_argument("--width", type=int, default=832, help="videos: frame width in pixels (Wan 2.1: 832)")
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--shard-size", type=int, default=1000)
     c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -135,8 +143,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     from .data.encode import encode_folder
 
-    out = encode_folder(args.pipeline, args.images, args.out, args.resolution, args.batch_size, args.shard_size,
-                        args.device, args.vae_dtype, args.seed)
+    from .data.encode import ClipSize
+
+    clip = ClipSize(args.frames, args.height, args.width) if args.videos else None
+    out = encode_folder(args.pipeline, args.videos or args.images, args.out, args.resolution, args.batch_size,
+                        args.shard_size, args.device, args.vae_dtype, args.seed, clip)
     print(f"wrote {out} ({json.loads((out / 'meta.json').read_text())['count']} samples)")
     return 0
 
@@ -238,7 +249,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .inference.generate import generate, user_spec
     from .data import class_names, trained_mixture
     from .metrics.distribution import toy_report
-    from .visual import save_samples
+    from .metrics.video import video_report
+    from .visual import save_samples, save_video
 
     if args.n <= 0:
         raise ValueError(f"--n must be > 0, got {args.n}")
@@ -269,6 +281,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
                  class_names=class_names(data_name, plan.num_classes))
     report = {"samples": args.n, "steps": plan.steps, "sampler": plan.sampler, "guidance": plan.guidance,
               "nfe": plan.nfe, "seconds": round(seconds, 4), "png": str(out)}
+    if samples.dim() == 5:                        # video: animated clips and, on B2 clips, the video metrics
+        report["video"] = [str(p) for p in save_video(samples, out.with_suffix(".gif"), labels=labels,
+                                                      class_names=class_names(data_name, plan.num_classes))]
+        report.update(video_report(samples, labels, data_name))
     if prompts:
         report["prompts"] = prompts
     mixture = trained_mixture(meta)
@@ -302,10 +318,11 @@ def _read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
 
 
 def _is_text_model(meta: dict[str, Any]) -> bool:
-    """UNets without class tokens are prompted (SD1.5 / SDXL); Wan is prompted too."""
+    """UNets and Wan transformers without class tokens are prompted (SD1.5 / SDXL / Wan); with class tokens (B1's
+    UNet, B2's Wan) they take class labels."""
     model = meta.get("model", {})
     classes = int(meta.get("sampling", {}).get("num_classes", model.get("num_classes", 0)) or 0)
-    return model.get("kind") == "wan" or (model.get("kind") == "unet" and classes == 0)
+    return model.get("kind") in ("wan", "unet") and classes == 0
 
 
 def _prompt_conditioner(pipeline: str | None, meta: dict[str, Any], directory: Path):
@@ -315,10 +332,7 @@ def _prompt_conditioner(pipeline: str | None, meta: dict[str, Any], directory: P
     folder = pipeline or meta.get("run_config", {}).get("model", {}).get("pretrained")
     if not folder:
         raise ValueError(f"{str(directory)!r} records no pipeline folder; pass --pipeline FOLDER (the diffusers "
-                         "SD / SDXL folder whose text encoders and VAE the model was trained with)")
-    if meta.get("model", {}).get("kind") != "unet":
-        raise ValueError("prompted sampling from the CLI covers SD1.5 / SDXL UNets; Wan sampling arrives with the "
-                         "video benchmark")
+                         "SD / SDXL / Wan folder whose text encoders and VAE the model was trained with)")
     return PromptConditioner(folder, torch.device("cpu"))
 
 

@@ -1,4 +1,5 @@
-"""Pictures people would rather look at than read: sample grids and 2-D scatter plots (matplotlib, PIL)."""
+"""Pictures people would rather look at than read: sample grids, frame strips, animated GIF/MP4 clips and 2-D
+scatter plots (matplotlib, PIL, imageio)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def save_samples(samples: Tensor, path: str | Path, title: str = "", labels: Ten
                  class_names: Sequence[str] | None = None, per_class: int = 10) -> Path:
     """Write samples as a PNG: points [B, 2] -> scatter plot; images [B, C, H, W] in [-1, 1] -> grid (with
     ``labels`` [B]: one row per class, at most ``per_class`` images, the class name on the left: the one layout of
-    previews, ``diffdistill sample`` and the benchmark grids); video [B, T, C, H, W] -> one row of frames per sample."""
+    previews, ``diffdistill sample`` and the benchmark grids); video [B, T, C, H, W] -> one row of frames per clip (with ``labels``: at most ``per_class`` clips of each class,
+    named by their class). Animated clips: :func:`save_video`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     samples = samples.detach().float().cpu()
@@ -22,6 +24,8 @@ def save_samples(samples: Tensor, path: str | Path, title: str = "", labels: Ten
         return _scatter(samples, path, title)
     if samples.dim() == 4 and labels is not None:
         return _class_grid(samples, labels.cpu(), class_names, per_class, path)
+    if samples.dim() == 5 and labels is not None:
+        return _frame_strips(samples, labels.cpu(), class_names, per_class, path)
     if samples.dim() == 5:
         b, t = samples.shape[:2]
         return _grid(samples.reshape(b * t, *samples.shape[2:]), path, columns=t)
@@ -63,28 +67,88 @@ def _grid(images: Tensor, path: Path, columns: int) -> Path:
     return path
 
 
-def _class_grid(images: Tensor, labels: Tensor, class_names: Sequence[str] | None, per_class: int,
-                path: Path) -> Path:
-    from PIL import Image, ImageDraw, ImageFont
-
+def _class_rows(images: Tensor, labels: Tensor, class_names: Sequence[str] | None,
+                per_class: int) -> tuple[list[Tensor], list[str]]:
+    """Group images [B, C, H, W] by label: (a row of at most ``per_class`` images per class, the row names)."""
     classes = sorted(set(labels.tolist()))
     names = [class_names[c] if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
              for c in classes]
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte()
-    rows = [pixels[labels == c][:per_class] for c in classes]
+    return [images[labels == c][:per_class] for c in classes], names
+
+
+def _rows_image(rows: Sequence[Tensor], names: Sequence[str]):
+    """Rows of images [k, C, H, W] in [-1, 1] side by side, each row's name on its left -> one RGB PIL image: the
+    one labelled layout (class grids, frame strips, GIF frames)."""
+    from PIL import Image, ImageDraw, ImageFont
+
     font = ImageFont.load_default()
     margin = 6 + int(max(font.getlength(name) for name in names))
-    n, c, h, w = images.shape
+    c, h, w = rows[0].shape[1:]
     columns = max(len(r) for r in rows)
     canvas = Image.new("RGB", (margin + columns * (w + 2), len(rows) * (h + 2)))
     draw = ImageDraw.Draw(canvas)
     for r, (name, row) in enumerate(zip(names, rows)):
         draw.text((2, r * (h + 2) + max(0, (h - 10) // 2)), name, fill=(255, 255, 255), font=font)
-        for col, img in enumerate(row):
+        pixels = ((row.clamp(-1, 1) + 1) * 127.5).round().byte()
+        for col, img in enumerate(pixels):
             tile = img[:3] if c >= 3 else img[:1].expand(3, -1, -1)
             canvas.paste(Image.fromarray(tile.permute(1, 2, 0).numpy()), (margin + col * (w + 2) + 1, r * (h + 2) + 1))
-    canvas.save(path)
+    return canvas
+
+
+def _class_grid(images: Tensor, labels: Tensor, class_names: Sequence[str] | None, per_class: int,
+                path: Path) -> Path:
+    _rows_image(*_class_rows(images, labels, class_names, per_class)).save(path)
     return path
+
+
+def _frame_strips(clips: Tensor, labels: Tensor, class_names: Sequence[str] | None, per_class: int,
+                  path: Path) -> Path:
+    """One row of frames per clip (at most ``per_class`` clips of each class), named by its class."""
+    rows, names = [], []
+    for c in sorted(set(labels.tolist())):
+        name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
+        for clip in clips[labels == c][:per_class]:
+            rows.append(clip)
+            names.append(name)
+    _rows_image(rows, names).save(path)
+    return path
+
+
+def save_video(clips: Tensor, path: str | Path, labels: Tensor | None = None,
+               class_names: Sequence[str] | None = None, per_class: int = 2, fps: float = 4.0,
+               min_side: int = 96) -> list[Path]:
+    """Clips [B, T, C, H, W] in [-1, 1] -> an animated GIF at ``path`` (suffix .gif): GIF frame t is the grid of
+    every clip's frame t (with ``labels``: a row per class, the class name on the left), enlarged by a whole factor
+    with nearest-neighbour pixels to at least ``min_side`` per clip; plus an MP4 next to it where imageio-ffmpeg is
+    installed (``pip install diffdistill[video]``). Returns the files written."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    path = Path(path).with_suffix(".gif")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clips = clips.detach().float().cpu()
+    if clips.dim() != 5:
+        raise ValueError(f"save_video draws clips [B, T, C, H, W], got {list(clips.shape)}")
+    factor = max(1, -(-min_side // min(clips.shape[-2:])))
+    big = clips.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    frames = []
+    for t in range(big.shape[1]):
+        if labels is not None:
+            image = _rows_image(*_class_rows(big[:, t], labels.cpu(), class_names, per_class))
+        else:
+            image = _rows_image([big[:, t]], [""])
+        frames.append(np.asarray(image))
+    iio.imwrite(path, frames, duration=1000 / fps, loop=0)
+    written = [path]
+    try:
+        import imageio_ffmpeg  # noqa: F401  (only asks whether the ffmpeg binary is installed)
+    except ImportError:
+        return written
+    even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]    # H.264 needs even sizes
+    iio.imwrite(path.with_suffix(".mp4"), even, fps=fps, codec="libx264", macro_block_size=1)
+    written.append(path.with_suffix(".mp4"))
+    return written
 
 
 def to_pil(images: Tensor, min_side: int = 0) -> list:

@@ -317,3 +317,26 @@ def test_a_class_conditioned_wan_takes_labels_through_learned_tokens_and_exports
     text_only = build_model({"kind": "wan", "config": tiny_wan_config()})
     with pytest.raises(ValueError, match="no class tokens.*conditioned on text"):
         text_only(x, t, Cond(labels=torch.tensor([0, 4, 9])))
+    with pytest.raises(ConfigError, match=r"\[4, 9, 8\] are not multiples of the transformer's patch_size \[1, 2, 2\]"):
+        build_model({"kind": "wan", "config": tiny_wan_config(), "num_frames": 4, "height": 9, "width": 8})
+
+
+def test_sample_on_a_video_model_writes_frame_strips_an_animated_gif_and_an_mp4(tmp_path, capsys):
+    """`diffdistill sample` on a class-conditioned Wan export: a strip of frames per clip, a GIF whose frame t shows
+    every clip's frame t, an MP4 (imageio-ffmpeg is in the dev extras) and the report naming them."""
+    from diffdistill.cli import main
+
+    imageio = pytest.importorskip("imageio.v3")
+    model = build_model({"kind": "wan", "config": {**tiny_wan_config(), "in_channels": 1, "out_channels": 1},
+                         "num_classes": 10, "num_frames": 3, "height": 8, "width": 8})
+    save_model(model, tmp_path / "export")
+    out = tmp_path / "clips.png"
+    assert main(["sample", str(tmp_path / "export"), "--n", "4", "--steps", "2", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["video"][0].endswith("clips.gif") and report["video"][1].endswith("clips.mp4")
+    gif = imageio.imread(out.with_suffix(".gif"))
+    assert gif.shape[0] == 3                                         # one GIF frame per clip frame
+    assert (gif[0].astype(int) - gif[2].astype(int)).__abs__().max() > 0
+    assert out.with_suffix(".mp4").stat().st_size > 0
+    strip = imageio.imread(out)
+    assert strip.shape[0] == 4 * (8 + 2)                             # one row per clip (4 classes, one clip each)

@@ -67,3 +67,22 @@ def test_labels_are_the_sprites_classes_and_the_stream_resumes_per_rank():
     assert set(rank1.index.tolist()).isdisjoint(batches[0].index.tolist())
     two = build_stream({**spec, "sprites": 2}, 2, seed=1, rank=0).next()
     assert two.cond.labels.shape == (2, 2)
+
+
+def test_video_teacher_recipe_refuses_a_missing_dataset_and_clips_of_another_size(tmp_path, capsys):
+    """One error line, exit 2, nothing written: data not found (with the command that installs it), and clips whose
+    size differs from what the model samples (caught before training, not inside a forward pass)."""
+    from pathlib import Path
+
+    from diffdistill.cli import main
+
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "video" / "teacher.yaml")
+    out = tmp_path / "run"
+    assert main(["train", recipe, f"data.root={tmp_path / 'nowhere'}", f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Fashion-MNIST" in err[0] and "apt-get install" in err[0]
+    if (FMNIST_DEB_DIR / "train-images-idx3-ubyte.gz").is_file():
+        assert main(["train", recipe, "data.size=24", "data.sprite_size=12", f"output_dir={out}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "[8, 1, 24, 24]" in err[0] and "[8, 1, 32, 32]" in err[0]
+    assert not any(out.rglob("*.safetensors"))

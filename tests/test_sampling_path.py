@@ -1,8 +1,6 @@
 """One sampling path: `diffdistill eval`, the demo and the B1 benchmark script draw the same samples for the same
 export and seed (the shipped four-step student re-noises between its steps, so the fresh noise is covered too)."""
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,13 +13,11 @@ from diffdistill.inference.generate import export_spec  # noqa: E402
 from diffdistill.inference.side_by_side import ASSETS, Request, SideBySide  # noqa: E402
 from diffdistill.models.registry import load_model  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 STUDENT = ASSETS / "dmd2_4step"
 
 
 def test_eval_demo_and_bench_draw_identical_samples_for_one_export_and_seed():
-    sys.path.insert(0, str(REPO / "evaluation" / "fmnist"))
-    from bench import sample_setting
+    from diffdistill.eval.sweep import sample_setting
 
     args = SimpleNamespace(checkpoint=str(STUDENT), device="cpu", steps=None, sampler=None, guidance=None, n=5,
                            seed=7, batch_size=2, off_schedule=False)

@@ -128,8 +128,12 @@ FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 
 
 def _fmnist_dirs(root: str | None) -> list[Path]:
+    """Where Fashion-MNIST is looked for: only ``root`` when a recipe names one (a typo must not silently train on
+    another copy), else $DIFFDISTILL_DATA, the Debian package's folder and the download cache."""
+    if root:
+        return [Path(root).expanduser()]
     env = os.environ.get("DIFFDISTILL_DATA")
-    dirs = [Path(root)] if root else []
+    dirs: list[Path] = []
     if env:
         dirs += [Path(env) / "fashion-mnist", Path(env)]
     return dirs + [FMNIST_DEB_DIR, Path.home() / ".cache" / "diffdistill" / "fashion-mnist"]
@@ -139,13 +143,14 @@ def load_fashion_mnist(split: Literal["train", "test"], root: str | None = None,
                        download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST as uint8 arrays: images [N, 28, 28], labels [N] (60k train / 10k test).
 
-    Looked up in ``root``, ``$DIFFDISTILL_DATA[/fashion-mnist]``, the Debian package's folder and the download cache;
-    with ``download`` the original gzipped IDX files are fetched into the cache.
+    Looked up in ``root`` when given (only there), else in ``$DIFFDISTILL_DATA[/fashion-mnist]``, the Debian
+    package's folder and the download cache; with ``download`` the original gzipped IDX files are fetched into the
+    cache.
     """
     names = FMNIST_FILES[split]
     found = next((d for d in _fmnist_dirs(root) if all((d / n).is_file() for n in names)), None)
     if found is None and download:
-        found = _fmnist_dirs(None)[-1]
+        found = Path(root).expanduser() if root else _fmnist_dirs(None)[-1]
         found.mkdir(parents=True, exist_ok=True)
         for name in names:
             urllib.request.urlretrieve(FMNIST_URL + name, found / name)

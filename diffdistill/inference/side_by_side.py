@@ -134,10 +134,11 @@ class LoadedModel:
 
 
 class PromptConditioner:
-    """Text conditioning and latent decoding through a diffusers SD / SDXL pipeline folder (its encoders and VAE)."""
+    """Text conditioning and latent decoding through a diffusers SD / SDXL / Wan pipeline folder (its encoders and
+    VAE)."""
 
     def __init__(self, folder: str | Path, device: torch.device) -> None:
-        from ..models.diffusers import PipelineEncoder     # needs diffusers: only text models get here
+        from ..models.pipeline_encoder import PipelineEncoder     # needs diffusers: only text models get here
 
         self.encoder = PipelineEncoder(folder, str(device))
         self.device = device
@@ -165,13 +166,9 @@ class PromptConditioner:
             fields, null = {**fields, "time_ids": ids}, {**null, "time_ids": ids}
         return fields, null
 
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Scaled latents [B, c, h, w] -> pixels [B, 3, H, W] in [-1, 1] (inverse of PipelineEncoder.images)."""
-        vae = self.encoder.pipe.vae
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        z = latents / self.encoder.scaling_factor + shift
-        return vae.decode(z.to(vae.dtype)).sample.float().clamp(-1, 1)
+        """Latents -> pixels in [-1, 1] through the pipeline's VAE (PipelineEncoder.decode)."""
+        return self.encoder.decode(latents)
 
 
 class SideBySide:

@@ -14,6 +14,8 @@ These numbers are comparable across runs of this benchmark, not with published F
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,15 +83,9 @@ class FMNISTEvaluator:
         self.net.load_state_dict(load_safetensors(assets / CLASSIFIER_FILE, "reinstall diffdistill or rebuild the evaluator"))
         self.reference = FeatureStats.load(assets / REFERENCE_FILE)
 
-    @torch.no_grad()
     def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Shapes: images [N, 1, 32, 32] in [-1, 1] -> features [N, 128], logits [N, 10] (batched)."""
-        feats, logits = [], []
-        for chunk in images.split(self.batch_size):
-            f = self.net.features(chunk.to(self.device).float().clamp(-1, 1))
-            feats.append(f.cpu())
-            logits.append(self.net.head(f).cpu())
-        return torch.cat(feats), torch.cat(logits)
+        return features_and_logits(self.net, images, self.batch_size)
 
     def score(self, images: Tensor, labels: Tensor) -> FMNISTScores:
         """FID-FMNIST against the test set, class accuracy and within-class diversity of generated ``images``."""
@@ -99,6 +95,19 @@ class FMNISTEvaluator:
         fid = frechet_distance(FeatureStats.from_features(feats), self.reference)
         accuracy = float((logits.argmax(1) == labels.cpu()).double().mean())
         return FMNISTScores(fid, accuracy, within_class_diversity(feats, labels.cpu()), images.shape[0])
+
+
+@torch.no_grad()
+def features_and_logits(net: FMNISTClassifier, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
+    """``net`` (in eval mode) on ``images`` [N, 1, H, W] in [-1, 1], ``batch_size`` at a time, on the net's device ->
+    features [N, 128], logits [N, 10] on the CPU."""
+    device = next(net.parameters()).device
+    feats, logits = [], []
+    for chunk in images.split(batch_size):
+        f = net.features(chunk.to(device).float().clamp(-1, 1))
+        feats.append(f.cpu())
+        logits.append(net.head(f).cpu())
+    return torch.cat(feats), torch.cat(logits)
 
 
 def within_class_diversity(features: Tensor, labels: Tensor) -> float:
@@ -112,6 +121,34 @@ def within_class_diversity(features: Tensor, labels: Tensor) -> float:
     if not per_class:
         raise ValueError("diversity needs at least one class with two or more samples")
     return float(torch.stack(per_class).mean())
+
+
+def train_classifier(net: FMNISTClassifier, next_batch: Callable[[int], tuple[Tensor, Tensor]], steps: int,
+                     lr: float, eval_every: int, evaluate: Callable[[FMNISTClassifier], float],
+                     progress: Callable[[int, float], None] | None = None) -> list[dict]:
+    """Train ``net`` for ``steps`` AdamW steps with a one-cycle learning rate on ``next_batch(step)`` -> (x, y),
+    label smoothing 0.05; ``evaluate(net)`` (test accuracy) every ``eval_every`` steps and at the end. The one
+    training loop of both evaluators (B1 images, B2 video frames). Returns the log lines."""
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    log: list[dict] = []
+    started = time.perf_counter()
+    for step in range(steps):
+        net.train()
+        x, y = next_batch(step)
+        loss = torch.nn.functional.cross_entropy(net(x), y, label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(step, loss.item())
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            net.eval()
+            log.append({"step": step + 1, "test_accuracy": evaluate(net), "last_loss": loss.item(),
+                        "time_s": round(time.perf_counter() - started, 1)})
+    net.eval()
+    return log
 
 
 def save_evaluator(net: FMNISTClassifier, reference: FeatureStats, card: dict, assets: str | Path = ASSETS) -> None:

@@ -333,6 +333,11 @@ class DiffusersWan(_DiffusersAdapter):
                               "set model.schedule.kind=flow")
         self.kind = "flow"
         self.data_shape = (cfg.num_frames, self.transformer.config.in_channels, cfg.height, cfg.width)
+        patch = list(self.transformer.config.patch_size)
+        if any(size % p for size, p in zip((cfg.num_frames, cfg.height, cfg.width), patch)):
+            raise ConfigError(f"model.num_frames, height, width = {[cfg.num_frames, cfg.height, cfg.width]} are not "
+                              f"multiples of the transformer's patch_size {patch} (frames, height, width): pick a clip "
+                              "size the patches tile exactly, or another patch_size")
         self.text_width = self.transformer.config.text_dim
         self.class_embed = make_class_embed(cfg.num_classes, cfg.class_tokens, self.text_width, self.torch_dtype,
                                             root, _REEXPORT_HINT)
@@ -361,64 +366,6 @@ class DiffusersWan(_DiffusersAdapter):
     _text_null_help = ("a text-conditioned Wan has no built-in null condition: pass guided(model, w, uncond=Cond("
                        "text=...)) holding the negative-prompt embedding (WanPipeline encodes negative_prompt, '' by "
                        "default)")
-
-
-class PipelineEncoder:
-    """A diffusers pipeline's VAE and text encoders (its UNet is not loaded), for ``diffdistill encode``.
-
-    ``text`` gives ``{text [B, L, D]}`` (+ ``pooled [B, Dp]`` for SDXL's two encoders) through the pipeline's own
-    ``encode_prompt``; ``images`` VAE latents x scaling factor (minus ``shift_factor`` where the VAE has one);
-    ``null`` the unconditional condition: zeros where the pipeline sets ``force_zeros_for_empty_prompt`` (SDXL, as
-    its pipeline and DMD2 use), else the encoded empty prompt (SD1.5).
-    """
-
-    def __init__(self, folder: str | Path, device: str = "cpu", vae_dtype: torch.dtype = torch.float32) -> None:
-        from diffusers import DiffusionPipeline
-
-        self.folder, self.device = Path(folder).expanduser(), device
-        if not (self.folder / "model_index.json").is_file():
-            raise FileNotFoundError(f"--pipeline {str(folder)!r} is not a diffusers pipeline folder (no model_index.json)"
-                                    "; download one first, e.g. `hf download stabilityai/stable-diffusion-xl-base-1.0 "
-                                    "--local-dir models/sdxl-base`")
-        with reading_weights(self.folder, "re-download the pipeline"):
-            self.pipe = DiffusionPipeline.from_pretrained(self.folder, unet=None, local_files_only=True,
-                                                          use_safetensors=True)
-        self.pipe.vae.to(device, vae_dtype)
-        for name in ("text_encoder", "text_encoder_2"):
-            if getattr(self.pipe, name, None) is not None:
-                getattr(self.pipe, name).to(device)
-        self.sdxl = getattr(self.pipe, "text_encoder_2", None) is not None
-        self.scaling_factor = float(self.pipe.vae.config.scaling_factor)
-
-    def default_resolution(self) -> int:
-        """The UNet's sample size in pixels (read from ``unet/config.json``)."""
-        config = self.folder / "unet" / "config.json"
-        if not config.is_file():
-            raise ValueError("pass --resolution (the pipeline folder has no unet/config.json to read it from)")
-        return int(json.loads(config.read_text())["sample_size"]) * self.pipe.vae_scale_factor
-
-    @torch.no_grad()
-    def text(self, prompts: list[str]) -> dict[str, Tensor]:
-        if self.sdxl:
-            text, _, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device, num_images_per_prompt=1,
-                                                         do_classifier_free_guidance=False)
-            return {"text": text.float().cpu(), "pooled": pooled.float().cpu()}
-        text, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
-        return {"text": text.float().cpu()}
-
-    def null(self) -> dict[str, Tensor]:
-        empty = self.text([""])
-        if getattr(self.pipe.config, "force_zeros_for_empty_prompt", False):
-            return {k: torch.zeros_like(v) for k, v in empty.items()}
-        return empty
-
-    @torch.no_grad()
-    def images(self, pixels: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """[B, 3, H, W] in [-1, 1] -> scaled latents [B, C, H / f, W / f] (a sample of the VAE posterior)."""
-        vae = self.pipe.vae
-        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(generator=generator).float()
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return ((latents - shift) * self.scaling_factor).cpu()
 
 
 # ---------------------------------------------------------------------- helpers

@@ -34,7 +34,7 @@ from ..data import DataStream, batch_at, class_names
 from .lineage import run_log_seconds, stages_before
 from ..methods.base import Method, Prepared
 from ..models.registry import save_model
-from ..visual import save_samples
+from ..visual import save_samples, save_video
 
 FAULT_ENV = "DIFFDISTILL_FAULT_AT_STEP"   # test hook: SIGKILL the run right after this step (simulates a crash)
 METRICS_FILE = "metrics.jsonl"
@@ -144,6 +144,7 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     ``start_lineage``: the earlier stages the trained network's starting weights already cost (an exported student
     it continues, ``lineage.stages_of_export``); a fresh run records them, a resumed run keeps its checkpoint's."""
     run_dir = Path(run_dir)
+    check_data_shape(method, data)
     session = prepare_training(method, cfg, accelerator)
     ema, ema_group = session.ema, session.ema_group
 
@@ -232,6 +233,19 @@ class TrainingSession:
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
     ema: AveragedModel | None
     ema_group: str
+
+
+def check_data_shape(method: Method, data: DataStream) -> None:
+    """Refuse data whose samples have another shape than the ones the networks draw (previews, exports and sampling
+    use the model's ``data_shape``): caught here, not as an odd error deep inside a forward pass."""
+    expected = getattr(method.role(method.groups[0]), "data_shape", None)
+    got = tuple(batch_at(data, 0).x0.shape[1:])
+    if expected is not None and got != tuple(expected):
+        layout = "[T, C, H, W]" if len(got) == 4 else "[C, H, W]" if len(got) == 3 else "per sample"
+        raise ValueError(f"the data gives samples of shape {list(got)} {layout} but the model samples "
+                         f"{list(expected)}: make them agree (video: model.num_frames / height / width against "
+                         "data.frames / size, or the latent size the clips were encoded at; images: the UNet's "
+                         "sample_size against the data's resolution)")
 
 
 def prepare_training(method: Method, cfg: TrainerConfig, accelerator: Accelerator) -> TrainingSession:
@@ -405,6 +419,8 @@ def _preview(method: Method, ema: AveragedModel | None, ema_group: str, cfg: Tra
         # class models preview classes 0, 1, ..., C-1, 0, ... (Method.preview_cond): a row per class in the grid
         labels = torch.arange(samples.shape[0]) % len(names) if names else None
         save_samples(samples, path, title=path.stem, labels=labels, class_names=names)
+        if samples.dim() == 5:                    # video: the clips move in a GIF next to the frame strips
+            save_video(samples, path.with_suffix(".gif"), labels=labels, class_names=names)
     finally:
         if backup is not None:
             role.load_state_dict(backup)

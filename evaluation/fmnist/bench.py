@@ -11,26 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from diffdistill.data import FMNIST_CLASSES
 from diffdistill.metrics.fmnist import ASSETS, FMNISTEvaluator
 from diffdistill.models.registry import find_export, load_model, read_export_meta
-from diffdistill.inference.generate import generate
-from diffdistill.inference.spec import SAMPLERS, SamplingSpec
+from diffdistill.eval.sweep import step_sweep, sweep_header
+from diffdistill.inference.spec import SAMPLERS
 from diffdistill.visual import save_samples
-
-
-def sample_setting(model, spec: SamplingSpec, n: int, batch: int,
-                   seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Class-balanced samples (labels 0..9 repeating) of ``spec`` and the sampling wall time in seconds, through the
-    toolkit's one sampling path (so sample i is the one `diffdistill eval` and the demo draw for this seed)."""
-    return generate(model, replace(spec, num_classes=10), n, seed, batch_size=batch)
 
 
 def save_class_grid(images: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
@@ -56,25 +46,17 @@ def main() -> None:
     evaluator = FMNISTEvaluator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    reference = max(args.steps)              # measured first: the speed ratios need it, and long runs may be cut
-    order = [reference] + [s for s in args.steps if s != reference]
     card = json.loads((ASSETS / "card.json").read_text()) if (ASSETS / "card.json").is_file() else {}
-    header = {"model": str(directory), "trained_steps": read_export_meta(directory).get("trained_steps"), "n": args.n,
-              "guidance": args.guidance, "cfg_form": "uncond + w (cond - uncond)", "sampler": args.sampler,
-              "spacing": args.spacing, "seed": args.seed, "evaluator_test_accuracy": card.get("test_accuracy"),
-              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
-    rows: list[dict] = []
-    for steps in tqdm(order, desc="settings"):
-        spec = SamplingSpec(args.sampler, tuple(float(t) for t in model.schedule.step_grid(steps, args.spacing)),
-                            args.guidance, spacing=args.spacing)
-        images, labels, seconds = sample_setting(model, spec, args.n, args.batch, args.seed)
-        scores = evaluator.score(images, labels)
-        rows.append({"steps": steps, "nfe": spec.nfe, **scores.as_dict(), "seconds": seconds, "images_per_s": args.n / seconds})
-        rows.sort(key=lambda r: r["steps"])
-        for row in rows:
-            row["speed_ratio_vs_reference"] = row["images_per_s"] / rows[-1]["images_per_s"]
+    header = {**sweep_header(str(directory), read_export_meta(directory).get("trained_steps"), args.n, args.guidance,
+                             args.sampler, args.spacing, args.seed),
+              "evaluator_test_accuracy": card.get("test_accuracy")}
+
+    def after(steps: int, images: torch.Tensor, labels: torch.Tensor, rows: list[dict]) -> None:
         save_class_grid(images, labels, out / f"{args.name}_{steps:02d}steps.png")
-        write(out, args.name, {**header, "rows": rows}, reference)      # after every setting: nothing is lost
+        write(out, args.name, {**header, "rows": rows}, max(args.steps))
+
+    step_sweep(model, args.steps, args.n, guidance=args.guidance, sampler=args.sampler, spacing=args.spacing,
+               batch=args.batch, seed=args.seed, score=lambda x, y: evaluator.score(x, y).as_dict(), after=after)
 
 
 def write(out: Path, name: str, result: dict, reference: int) -> None:

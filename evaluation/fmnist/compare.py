@@ -18,8 +18,9 @@ import platform
 from pathlib import Path
 
 import torch
-from bench import sample_setting, save_class_grid
+from bench import save_class_grid
 
+from diffdistill.eval.sweep import sample_setting
 from diffdistill.inference.generate import export_spec
 from diffdistill.train.lineage import run_log_seconds, total_training
 from diffdistill.metrics.fmnist import FMNISTEvaluator

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffdistill.data import fmnist_to_tensor, load_fashion_mnist
-from diffdistill.metrics.fmnist import FMNISTClassifier, save_evaluator
+from diffdistill.metrics.fmnist import FMNISTClassifier, save_evaluator, train_classifier
 from diffdistill.metrics.frechet import FeatureStats
 
 
@@ -49,31 +49,24 @@ def main() -> None:
     x, y = fmnist_to_tensor(train_x), torch.from_numpy(train_y.astype("int64"))
     tx, ty = fmnist_to_tensor(test_x), torch.from_numpy(test_y.astype("int64"))
     net = FMNISTClassifier()
-    steps = args.epochs * (len(x) // args.batch_size)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
-    log, started = [], time.perf_counter()
-    bar = tqdm(total=steps, desc="classifier")
-    for epoch in range(args.epochs):
-        net.train()
-        order = torch.randperm(len(x))
-        for i in range(len(x) // args.batch_size):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
-            xb = x[idx]
-            shift = torch.randint(-2, 3, (2,))            # small random translations: features robust to jitter
-            xb = torch.roll(xb, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
-            loss = torch.nn.functional.cross_entropy(net(xb), y[idx], label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        acc, _ = evaluate(net, tx, ty)
-        log.append({"epoch": epoch + 1, "test_accuracy": acc, "last_loss": loss.item(),
-                    "time_s": round(time.perf_counter() - started, 1)})
-        bar.write(json.dumps(log[-1]))
+    per_epoch = len(x) // args.batch_size
+    order = torch.empty(0, dtype=torch.long)
+
+    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal order
+        if step % per_epoch == 0:
+            order = torch.randperm(len(x))
+        idx = order[(step % per_epoch) * args.batch_size:(step % per_epoch + 1) * args.batch_size]
+        shift = torch.randint(-2, 3, (2,))                # small random translations: features robust to jitter
+        return torch.roll(x[idx], shifts=(int(shift[0]), int(shift[1])), dims=(2, 3)), y[idx]
+
+    started = time.perf_counter()
+    bar = tqdm(total=args.epochs * per_epoch, desc="classifier")
+    log = train_classifier(net, next_batch, args.epochs * per_epoch, args.lr, per_epoch,
+                           lambda n: evaluate(n, tx, ty)[0], lambda step, loss: bar.update(1))
     bar.close()
+    for line in log:
+        print(json.dumps(line))
     acc, test_feats = evaluate(net, tx, ty)
     card = {"what": "Fashion-MNIST evaluator for benchmark B1 (FID-FMNIST features, class accuracy)",
             "command": "python " + " ".join(sys.argv), "epochs": args.epochs, "batch_size": args.batch_size,
