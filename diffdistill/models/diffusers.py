@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +29,7 @@ from ..config import ConfigError
 from ..files import reading_weights
 from ..schedule import Kind, Schedule
 from .base import Cond, DiffusionModel
+from .causal import BlockCausal, KVCache
 from .class_tokens import class_context, make_class_embed, save_class_tokens
 from .toy import ScheduleConfig
 
@@ -81,6 +84,8 @@ class WanConfig(RuntimeSwitches):
     :class:`UNetConfig`. ``schedule`` defaults to the folder's scheduler (its flow shift), else ``flow(shift=5)``.
     ``num_frames``, ``height``, ``width`` are the default LATENT size samplers draw noise for. ``num_classes`` > 0
     conditions it on classes through learned tokens in its text stream, as :class:`UNetConfig` does.
+    ``chunk_frames`` > 0 makes it block-causal (the student of causal video distillation; models/causal.py), with a
+    KV cache for streaming through :meth:`DiffusersWan.streaming`.
     """
 
     pretrained: str | None = None
@@ -92,6 +97,8 @@ class WanConfig(RuntimeSwitches):
     width: int = 16
     num_classes: int = 0          # > 0: learned class tokens as encoder_hidden_states (models/class_tokens.py)
     class_tokens: int = 1
+    chunk_frames: int = 0         # > 0: block-causal in chunks of this many latent frames (models/causal.py)
+    window_chunks: int = 0        # causal only: attend to at most this many chunks (own included); 0 = all
 
 
 class _DiffusersAdapter(DiffusionModel):
@@ -341,10 +348,36 @@ class DiffusersWan(_DiffusersAdapter):
         self.text_width = self.transformer.config.text_dim
         self.class_embed = make_class_embed(cfg.num_classes, cfg.class_tokens, self.text_width, self.torch_dtype,
                                             root, _REEXPORT_HINT)
+        self.causal: BlockCausal | None = None
+        self._stream: tuple[KVCache, bool] | None = None
+        if cfg.chunk_frames or cfg.window_chunks:
+            if not cfg.chunk_frames:
+                raise ConfigError("model.window_chunks needs model.chunk_frames > 0 (a window counts chunks)")
+            self.causal = BlockCausal(self.transformer, cfg.chunk_frames, cfg.window_chunks)
+            self.causal.check_frames(cfg.num_frames)
 
     @property
     def network(self) -> nn.Module:
         return self.transformer
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for streaming one batch (causal models)."""
+        if self.causal is None:
+            raise ValueError("this Wan is bidirectional (model.chunk_frames = 0): streaming needs a causal model, "
+                             "e.g. a self-forcing student's export")
+        return KVCache.empty(len(self.transformer.blocks))
+
+    @contextmanager
+    def streaming(self, cache: KVCache, write: bool = False) -> Iterator[None]:
+        """Forwards inside run one chunk [B, chunk_frames, C, H, W] against ``cache``; ``write=True`` (under
+        ``torch.no_grad``) appends the chunk's keys/values instead, at the frame index the cache has reached."""
+        if self.causal is None:
+            self.new_cache()                    # raises the bidirectional-model error
+        saved, self._stream = self._stream, (cache, write)
+        try:
+            yield
+        finally:
+            self._stream = saved
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         c = self.transformer.config
@@ -359,8 +392,15 @@ class DiffusersWan(_DiffusersAdapter):
         if timestep.dim() == 2:     # per-frame times -> one per token, the [B, seq_len] form Wan 2.2 TI2V uses
             _expect("t", t, (batch, frames), "[B] or per-frame [B, T]")
             timestep = timestep[:, ::p_t].repeat_interleave((height // p_h) * (width // p_w), dim=1)
-        out = self.transformer(x_t.permute(0, 2, 1, 3, 4).to(self.torch_dtype), timestep,
-                               encoder_hidden_states=context, return_dict=False)[0]
+        if self.causal is None:
+            mode = nullcontext()
+        elif self._stream is not None:
+            mode = self.causal.streaming(self._stream[0], frames, height, width, write=self._stream[1])
+        else:
+            mode = self.causal.full(frames, height, width, x_t.device)
+        with mode:
+            out = self.transformer(x_t.permute(0, 2, 1, 3, 4).to(self.torch_dtype), timestep,
+                                   encoder_hidden_states=context, return_dict=False)[0]
         return out.permute(0, 2, 1, 3, 4).to(x_t.dtype)
 
     _text_null_help = ("a text-conditioned Wan has no built-in null condition: pass guided(model, w, uncond=Cond("
