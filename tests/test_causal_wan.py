@@ -136,3 +136,75 @@ def test_bad_causal_settings_and_streams_are_clear_errors():
     with pytest.raises(ValueError, match="a streamed chunk has 1 frames"), torch.no_grad(), \
             model.streaming(model.new_cache()):
         model(x[:, :2], t[:, :2], cond)
+
+
+def reference_rollout(model, noise, times, cond, fresh):
+    """Chunk-by-chunk few-step sampling written with the masked FULL forward only (no cache): each chunk is denoised
+    in a clip whose earlier chunks are the student's own clean outputs at t = 0."""
+    chunk, outputs = model.causal.chunk_frames, []
+    for k in range(noise.shape[1] // chunk):
+        x = noise[:, k * chunk:(k + 1) * chunk]
+        for j, t in enumerate(times):
+            clip_in = torch.cat(outputs + [x], dim=1)
+            t_in = torch.zeros(clip_in.shape[:2], dtype=torch.float64)
+            t_in[:, -chunk:] = t
+            x0 = model(clip_in, t_in, cond).x0[:, -chunk:]
+            if j + 1 < len(times):
+                x = model.schedule.add_noise(x0, fresh(k, j), torch.full((x.shape[0],), times[j + 1],
+                                                                         dtype=torch.float64))
+        outputs.append(x0)
+    return torch.cat(outputs, dim=1)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_the_streaming_sampler_is_few_step_sampling_on_the_students_own_clean_context(steps):
+    from diffdistill.inference.streaming import causal_sample
+
+    model = causal(chunk=2)
+    noise, _, cond = clip()
+    times = [1.0, 0.7, 0.4][:steps]
+    extra = torch.randn(steps, *noise.shape, generator=torch.Generator().manual_seed(9))
+
+    def fresh(k, j):
+        return extra[j][:, 2 * k:2 * k + 2]
+
+    with torch.no_grad():
+        expected = reference_rollout(model, noise, times, cond, fresh)
+        ours = causal_sample(model, noise, times, cond, fresh=fresh)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_rollout_keeps_gradients_only_at_the_exit_step_of_each_chunk():
+    """Gradient truncation: the exit step's forward carries gradients to the weights, earlier steps and the cached
+    context do not (a chunk's output does not depend, through autograd, on an earlier chunk's noise)."""
+    from diffdistill.inference.streaming import stream_chunks
+
+    model = causal(chunk=2)
+    noise, _, cond = clip()
+    noise.requires_grad_(True)
+    first, second = stream_chunks(model, noise, [1.0, 0.6, 0.3], cond, exit_step=1, grad=True)
+    assert first.requires_grad and second.requires_grad
+    # no autograd path into the noise at all: not into the earlier chunk's (the cache is detached), not into this
+    # chunk's (step 0 ran without gradients; the exit step's input is a constant)
+    assert torch.autograd.grad(second.sum(), noise, retain_graph=True, allow_unused=True) == (None,)
+    second.sum().backward()
+    assert model.transformer.proj_out.weight.grad.abs().max() > 0
+    _, second = stream_chunks(model, noise, [1.0, 0.6, 0.3], cond, exit_step=0, grad=True)
+    (grad_noise,) = torch.autograd.grad(second.sum(), noise)       # exit at step 0: its input is the noise itself
+    assert grad_noise[:, 2:].abs().max() > 0 and grad_noise[:, :2].abs().max() == 0
+
+
+def test_generate_streams_a_causal_spec_per_sample_and_refuses_cfg():
+    from diffdistill.inference.generate import generate
+    from diffdistill.inference.spec import SamplingSpec
+
+    model = causal(chunk=2)
+    spec = SamplingSpec("few_step", (1.0, 0.5), num_classes=10, chunk_frames=2)
+    together, labels, _ = generate(model, spec, 3, seed=4, batch_size=3, progress=False)
+    alone, _, _ = generate(model, spec, 1, seed=4, batch_size=1, progress=False, first=2)
+    assert together.shape == (3, FRAMES, 16, SIZE, SIZE) and labels.tolist() == [0, 1, 2]
+    torch.testing.assert_close(together[2:], alone, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="samples without CFG"):
+        SamplingSpec("few_step", (1.0, 0.5), guidance=3.0, chunk_frames=2)
+    with pytest.raises(ValueError, match="not block-causal"):
+        generate(causal(chunk=0), spec, 1, progress=False)

@@ -23,6 +23,7 @@ from ..models.base import Cond, DiffusionModel, guided
 from ..models.registry import read_export_meta
 from .noise import SampleNoise
 from .sampling import few_step_sample, ode_sample
+from .streaming import causal_sample
 from .spec import Sampler, SamplingSpec
 
 
@@ -54,6 +55,10 @@ def run_spec(spec: SamplingSpec, net: DiffusionModel, noise: Tensor, cond: Cond 
              indices: list[int]) -> Tensor:
     """One batch on ``spec``'s times: ``net`` (already guided if wanted) from ``noise`` [B, ...] to x0 [B, ...]."""
     times = torch.tensor(spec.times, dtype=torch.float64)
+    if spec.chunk_frames:                  # causal students: chunk by chunk, each chunk on the few-step times
+        c = spec.chunk_frames
+        return causal_sample(net, noise, times, cond,
+                             fresh=lambda k, j: noise_rule.fresh(indices, j)[:, k * c:(k + 1) * c])
     if spec.sampler == "ode":
         return ode_sample(net, noise, times, cond)
     return few_step_sample(net, noise, times, cond, fresh_noise=lambda i: noise_rule.fresh(indices, i))

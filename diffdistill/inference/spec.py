@@ -10,7 +10,8 @@ read it back with :meth:`SamplingSpec.from_export` and sample through :func:`dif
   trained on; other step counts are off its distribution.
 * ``guidance``: the standard-form CFG scale ``uncond + w (cond - uncond)``; 1 = none (students that distil a guided
   teacher bake the guidance in and sample at 1).
-* ``chunk_frames``: video students that generate causally, chunk by chunk (0 = the whole sample at once).
+* ``chunk_frames``: video students that generate causally, chunk by chunk with a KV cache, each chunk on ``times``
+  (inference/streaming.py; 0 = the whole sample at once).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class SamplingSpec:
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
         if self.chunk_frames < 0:
             raise ValueError(f"chunk_frames must be >= 0, got {self.chunk_frames}")
+        if self.chunk_frames and self.guidance != 1.0:
+            raise ValueError(f"a causal student (chunk_frames={self.chunk_frames}) samples without CFG (guidance 1, "
+                             f"the teacher's guidance is distilled in; its KV cache holds one batch), got guidance "
+                             f"{self.guidance}")
 
     @property
     def steps(self) -> int:
