@@ -36,13 +36,16 @@ def chunk_frames_of(model: DiffusionModel) -> int:
 
 def stream_chunks(model: DiffusionModel, noise: Tensor, times: Sequence[float] | Tensor, cond: Cond | None = None, *,
                   fresh: ChunkNoise | None = None, exit_step: int | None = None, grad: bool = False,
-                  context_t: float = 0.0) -> Iterator[Tensor]:
+                  context_t: float = 0.0, context: Tensor | None = None,
+                  truncate: bool = True) -> Iterator[Tensor]:
     """Yield each chunk's x0 [B, chunk_frames, C, H, W], in order, for ``noise`` [B, T, C, H, W] (T a multiple of the
     chunk size; T may exceed the trained length when the model has a rolling window).
 
     ``exit_step`` (default: the last of ``times``) is where every chunk stops; only that forward keeps gradients, and
-    only when ``grad``. ``fresh(k, j)`` gives the noise that re-noises chunk k after step j (None: the global RNG, as
-    training draws). Guidance is not applied here: a causal student samples as distilled (CFG baked in), and a KV
+    only when ``grad`` (``truncate=False``, an ablation: the steps before it keep gradients too). ``fresh(k, j)``
+    gives the noise that re-noises chunk k after step j (None: the global RNG, as training draws). ``context``
+    [B, T, C, H, W] (an ablation: teacher forcing, CausVid-style) writes those frames into the cache instead of the
+    student's own outputs. Guidance is not applied here: a causal student samples as distilled (CFG baked in), and a KV
     cache holds one batch.
     """
     chunk = chunk_frames_of(model)
@@ -58,7 +61,7 @@ def stream_chunks(model: DiffusionModel, noise: Tensor, times: Sequence[float] |
     for k in range(chunks):
         x = noise[:, k * chunk:(k + 1) * chunk]
         with model.streaming(cache):
-            with torch.no_grad():
+            with torch.set_grad_enabled(grad and not truncate):
                 for j in range(exit_at):
                     x0 = model(x, _t_batch(ts[j], x), cond).x0
                     x = renoise(model, x0, ts[j + 1], eps=fresh(k, j) if fresh is not None else None)
@@ -66,10 +69,10 @@ def stream_chunks(model: DiffusionModel, noise: Tensor, times: Sequence[float] |
                 x0 = model(x, _t_batch(ts[exit_at], x), cond).x0
         if k + 1 < chunks:              # the last chunk has no successor to attend to it
             with torch.no_grad(), model.streaming(cache, write=True):
-                context = x0.detach()
+                clean = (x0 if context is None else context[:, k * chunk:(k + 1) * chunk]).detach()
                 if context_t > 0:
-                    context = renoise(model, context, torch.tensor(context_t, dtype=torch.float64))
-                model(context, _t_batch(torch.tensor(context_t, dtype=torch.float64), context), cond)
+                    clean = renoise(model, clean, torch.tensor(context_t, dtype=torch.float64))
+                model(clean, _t_batch(torch.tensor(context_t, dtype=torch.float64), clean), cond)
         yield x0
 
 

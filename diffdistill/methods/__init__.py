@@ -8,12 +8,15 @@ from ..config import ConfigError, Section, from_dict, unknown_key_error
 from ..models.base import DiffusionModel
 from .base import Method, Role
 from .dmd2 import DMD2, DMD2Config
+from .self_forcing import SelfForcing, SelfForcingConfig
 from .teacher import Teacher, TeacherConfig
 
 # name -> (config class, method class with a `build(cfg, models, num_classes)` classmethod, description)
 METHODS: dict[str, tuple[type, type[Method], str]] = {
     "teacher": (TeacherConfig, Teacher, "plain denoising / flow-matching training (builds teachers)"),
     "dmd2": (DMD2Config, DMD2, "DMD2: distribution matching + two time-scale updates + backward simulation"),
+    "self_forcing": (SelfForcingConfig, SelfForcing, "Self Forcing: a block-causal video student trained with DMD on "
+                     "its own streaming rollouts (KV cache, gradient truncation)"),
 }
 
 

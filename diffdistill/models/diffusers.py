@@ -92,9 +92,9 @@ class WanConfig(RuntimeSwitches):
     subfolder: str | None = "transformer"
     config: dict[str, Any] | None = None
     schedule: ScheduleConfig | None = None
-    num_frames: int = 9
-    height: int = 16
-    width: int = 16
+    num_frames: int | None = None   # None: an export of ours gives its own (diffdistill.json), else 9
+    height: int | None = None       # None: the export's, else 16
+    width: int | None = None        # None: the export's, else 16
     num_classes: int = 0          # > 0: learned class tokens as encoder_hidden_states (models/class_tokens.py)
     class_tokens: int = 1
     chunk_frames: int = 0         # > 0: block-causal in chunks of this many latent frames (models/causal.py)
@@ -360,6 +360,16 @@ class DiffusersWan(_DiffusersAdapter):
     def network(self) -> nn.Module:
         return self.transformer
 
+    def make_causal(self, chunk_frames: int, window_chunks: int = 0) -> "DiffusersWan":
+        """Turn this (bidirectional) Wan block-causal in place: same weights, our self-attention processor; the
+        export records the chunking. Self forcing's student starts as such a copy of the teacher."""
+        if self.causal is not None:
+            raise ValueError(f"this Wan is already block-causal (chunk_frames={self.causal.chunk_frames})")
+        self.causal = BlockCausal(self.transformer, chunk_frames, window_chunks)
+        self.causal.check_frames(self.cfg.num_frames)
+        self.cfg = replace(self.cfg, chunk_frames=chunk_frames, window_chunks=window_chunks)
+        return self
+
     def new_cache(self) -> KVCache:
         """An empty KV cache for streaming one batch (causal models)."""
         if self.causal is None:
@@ -445,14 +455,22 @@ def _locate(root: Path, subfolder: str | None, what: str) -> tuple[Path, str | N
     return root, sub, scheduler
 
 
+WAN_DEFAULT_SIZE = {"num_frames": 9, "height": 16, "width": 16}
+
+
 def _class_tokens_from_export(cfg: UNetConfig | WanConfig) -> UNetConfig | WanConfig:
-    """A folder exported by diffdistill records its class-token settings in diffdistill.json: use them when the
-    recipe leaves num_classes at 0, so `pretrained: <export>` is all a distillation recipe needs."""
+    """A folder exported by diffdistill records its class-token settings (and a Wan its latent clip size) in
+    diffdistill.json: use them where the recipe leaves them unset (num_classes 0, sizes None), so `pretrained:
+    <export>` is all a distillation recipe needs."""
     meta = Path(cfg.pretrained).expanduser() / "diffdistill.json" if cfg.pretrained else None
-    if cfg.num_classes or meta is None or not meta.is_file():
-        return cfg
-    saved = json.loads(meta.read_text()).get("model", {})
-    return replace(cfg, num_classes=int(saved.get("num_classes", 0)), class_tokens=int(saved.get("class_tokens", 1)))
+    saved = json.loads(meta.read_text()).get("model", {}) if meta is not None and meta.is_file() else {}
+    if not cfg.num_classes and saved:
+        cfg = replace(cfg, num_classes=int(saved.get("num_classes", 0)), class_tokens=int(saved.get("class_tokens", 1)))
+    if isinstance(cfg, WanConfig):
+        sizes = {k: getattr(cfg, k) if getattr(cfg, k) is not None else int(saved.get(k) or default)
+                 for k, default in WAN_DEFAULT_SIZE.items()}
+        cfg = replace(cfg, **sizes)
+    return cfg
 
 
 def _as_schedule_config(schedule: Schedule, scheduler: dict) -> ScheduleConfig | None:
