@@ -88,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
                         "the teacher folder the run was trained from, recorded in the export)")
     s.add_argument("--off-schedule", action="store_true",
                    help="allow --steps / --sampler other than a distilled student's own (it was not trained for them)")
+    s.add_argument("--stream", action="store_true",
+                   help="causal video students: generate chunk by chunk, printing each chunk's time as it is ready")
+    s.add_argument("--frames", type=int, default=None,
+                   help="with --stream: latent frames to generate (default: the trained length; more rolls on)")
     s.add_argument("--out", default=None,
                    help="PNG path (default: <export dir>/samples-<sampler>-<steps>steps-seed<seed>.png, never "
                         "overwriting: -2, -3, ... are added); a JSON report is written next to it")
@@ -270,8 +274,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if text_model:
         conditioner = _prompt_conditioner(args.pipeline, meta, directory)
         text, uncond = conditioner.conds_many([prompts[i % len(prompts)] for i in range(args.n)], model.data_shape)
-    samples, labels, seconds = generate(model, plan, args.n, seed=args.seed, progress=False, text=text,
-                                        uncond=uncond)
+    streamed: dict[str, Any] = {}
+    if args.stream or args.frames:
+        samples, labels, seconds, streamed = _stream(model, plan, args)
+    else:
+        samples, labels, seconds = generate(model, plan, args.n, seed=args.seed, progress=False, text=text,
+                                            uncond=uncond)
     if conditioner is not None:       # latents -> pixels through the pipeline's VAE
         samples = conditioner.decode(samples)
     default = directory / f"samples-{plan.sampler}-{plan.steps}steps-seed{args.seed}.png"
@@ -281,6 +289,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                  class_names=class_names(data_name, plan.num_classes))
     report = {"samples": args.n, "steps": plan.steps, "sampler": plan.sampler, "guidance": plan.guidance,
               "nfe": plan.nfe, "seconds": round(seconds, 4), "png": str(out)}
+    report.update(streamed)
     if samples.dim() == 5:                        # video: animated clips and, on B2 clips, the video metrics
         report["video"] = [str(p) for p in save_video(samples, out.with_suffix(".gif"), labels=labels,
                                                       class_names=class_names(data_name, plan.num_classes))]
@@ -293,6 +302,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _stream(model: Any, plan: Any, args: argparse.Namespace) -> tuple[torch.Tensor, Any, float, dict[str, Any]]:
+    """`sample --stream`: one JSON line per chunk as it is generated; the latency and rate go into the report."""
+    from .inference.generate import class_labels, stream
+
+    if args.frames is not None and not args.stream:
+        raise ValueError("--frames applies to --stream (causal students); drop it or add --stream")
+    labels = class_labels(args.n, plan.num_classes)
+    chunks, times = [], []
+    for k, chunk, seconds in stream(model, plan, args.n, args.seed, labels, args.frames):
+        chunks.append(chunk)
+        times.append(seconds)
+        print(json.dumps({"chunk": k, "frames": chunk.shape[1] * (k + 1), "seconds": round(seconds, 4)}), flush=True)
+    samples = torch.cat(chunks, dim=1)
+    frames = samples.shape[0] * samples.shape[1]
+    return samples, labels, times[-1], {"streamed": True, "chunks": len(chunks), "first_chunk_seconds":
+                                        round(times[0], 4), "frames_per_second": round(frames / times[-1], 2)}
 
 
 def _free_path(path: Path) -> Path:

@@ -204,6 +204,11 @@ def test_generate_streams_a_causal_spec_per_sample_and_refuses_cfg():
     alone, _, _ = generate(model, spec, 1, seed=4, batch_size=1, progress=False, first=2)
     assert together.shape == (3, FRAMES, 16, SIZE, SIZE) and labels.tolist() == [0, 1, 2]
     torch.testing.assert_close(together[2:], alone, rtol=1e-5, atol=1e-5)
+    from diffdistill.inference.generate import stream
+
+    chunks = list(stream(model, spec, 3, seed=4))
+    assert [k for k, _, _ in chunks] == [0, 1] and chunks[0][2] <= chunks[1][2]
+    torch.testing.assert_close(torch.cat([c for _, c, _ in chunks], dim=1), together, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="samples without CFG"):
         SamplingSpec("few_step", (1.0, 0.5), guidance=3.0, chunk_frames=2)
     with pytest.raises(ValueError, match="not block-causal"):

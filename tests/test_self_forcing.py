@@ -131,3 +131,7 @@ def test_the_b2_recipe_trains_exports_and_streams_with_a_tiny_teacher(tmp_path):
     png = tmp_path / "s.png"
     assert main(["sample", str(out), "--n", "2", "--out", str(png)]) == 0
     assert json.loads(png.with_suffix(".json").read_text())["nfe"] == len(TIMES)
+    assert main(["sample", str(out), "--n", "2", "--stream", "--frames", "8", "--out", str(tmp_path / "long.png")]) == 0
+    report = json.loads((tmp_path / "long.json").read_text())
+    assert report["streamed"] and report["chunks"] == 4 and 0 < report["first_chunk_seconds"] <= report["seconds"]
+    assert main(["sample", str(tmp_path / "teacher"), "--stream"]) == 2            # a bidirectional teacher

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from ..models.base import Cond, DiffusionModel, guided
 from ..models.registry import read_export_meta
 from .noise import SampleNoise
 from .sampling import few_step_sample, ode_sample
-from .streaming import causal_sample
+from .streaming import causal_sample, stream_chunks
 from .spec import Sampler, SamplingSpec
 
 
@@ -102,6 +103,30 @@ def generate(model: DiffusionModel, spec: SamplingSpec, n: int, seed: int = 0, b
         seconds += time.perf_counter() - start
         out.append(x.cpu())
     return torch.cat(out), labels, seconds
+
+
+def stream(model: DiffusionModel, spec: SamplingSpec, n: int, seed: int = 0, labels: Tensor | None = None,
+           frames: int | None = None, first: int = 0) -> Iterator[tuple[int, Tensor, float]]:
+    """A causal student's samples ``first .. first + n - 1`` chunk by chunk, as each chunk is ready: (chunk index,
+    its x0 [n, chunk_frames, ...] on the CPU, seconds since the start). ``frames`` latent frames in all (default: the
+    model's own length; more rolls past it, which a model with a cache window keeps bounded). At the default length
+    the chunks are exactly :func:`generate`'s samples (the same noise rule, the same rollout)."""
+    if not spec.chunk_frames:
+        raise ValueError("streaming needs a causal student (an export whose sampling has chunk_frames > 0, e.g. from "
+                         "the self_forcing method); sample other models without --stream")
+    shape = (frames or model.data_shape[0], *model.data_shape[1:])
+    device = next(model.parameters()).device
+    labels = labels if labels is not None else class_labels(n, spec.num_classes, first)
+    cond = Cond(labels=labels.to(device)) if labels is not None else None
+    rule, indices, c = SampleNoise(seed, shape), list(range(first, first + n)), spec.chunk_frames
+    noise = rule.initial(indices).to(device)
+    sync(device)
+    start = time.perf_counter()
+    chunks = stream_chunks(model, noise, torch.tensor(spec.times, dtype=torch.float64), cond,
+                           fresh=lambda k, j: rule.fresh(indices, j)[:, k * c:(k + 1) * c].to(device))
+    for k, chunk in enumerate(chunks):
+        sync(device)
+        yield k, chunk.cpu(), time.perf_counter() - start
 
 
 def sync(device: torch.device) -> None:
