@@ -121,6 +121,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_encode)
 
+    o = sub.add_parser("ode-pairs", help="teacher ODE trajectories at a student's times (data: {name: ode_pairs}) "
+                                         "for the ode_regression initialisation of a causal student")
+    o.add_argument("teacher", help="the teacher's export folder (or a run dir with export/)")
+    o.add_argument("--times", type=float, nargs="+", required=True, help="the student's few-step times, noisy -> clean")
+    o.add_argument("--n", type=int, default=1000, help="trajectories (class-balanced for class teachers)")
+    o.add_argument("--guidance", type=float, default=None, help="teacher CFG, standard form (default: its export's)")
+    o.add_argument("--steps-per-segment", type=int, default=12, help="Euler steps between consecutive times")
+    o.add_argument("--batch-size", type=int, default=16)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--out", required=True, help="the folder to write")
+    o.set_defaults(func=cmd_ode_pairs)
+
     v = sub.add_parser("validate", help="check a recipe and print its resolved config")
     v.add_argument("recipe", nargs="?", help="a recipe YAML file")
     v.add_argument("overrides", nargs="*", help="optional key.sub=value overrides")
@@ -153,6 +165,25 @@ def cmd_encode(args: argparse.Namespace) -> int:
     out = encode_folder(args.pipeline, args.videos or args.images, args.out, args.resolution, args.batch_size,
                         args.shard_size, args.device, args.vae_dtype, args.seed, clip)
     print(f"wrote {out} ({json.loads((out / 'meta.json').read_text())['count']} samples)")
+    return 0
+
+
+def cmd_ode_pairs(args: argparse.Namespace) -> int:
+    from .data.ode_pairs import write_ode_pairs
+    from .inference.generate import export_spec
+
+    directory = find_export(args.teacher)
+    meta = read_export_meta(directory)
+    if _is_text_model(meta):
+        raise ValueError(f"{str(directory)!r} is text-conditioned; `ode-pairs` writes class-conditioned or "
+                         "unconditional trajectories (prompted pairs are not supported yet)")
+    teacher = load_model(directory).eval()
+    spec = export_spec(directory, teacher)
+    guidance = spec.guidance if args.guidance is None else args.guidance
+    out = write_ode_pairs(teacher, args.out, args.n, list(args.times), guidance, args.steps_per_segment,
+                          spec.num_classes, args.seed, args.batch_size,
+                          info={"teacher": str(directory), "data": meta.get("run_config", {}).get("data")})
+    print(f"wrote {out} ({args.n} trajectories at t = {list(args.times)}, CFG {guidance})")
     return 0
 
 

@@ -19,7 +19,8 @@ from diffdistill.methods import self_forcing as sf  # noqa: E402
 from diffdistill.models.base import Cond  # noqa: E402
 from diffdistill.models.registry import build_model, save_model  # noqa: E402
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "video" / "self_forcing.yaml"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "video"
+RECIPE_NO_ODE = RECIPES / "self_forcing_no_ode_init.yaml"
 TIMES = [1.0, 0.9, 0.75, 0.5]
 
 
@@ -120,7 +121,7 @@ def test_the_b2_recipe_trains_exports_and_streams_with_a_tiny_teacher(tmp_path):
     teacher = tiny_teacher(frames=4, size=16)
     save_model(teacher, tmp_path / "teacher")
     out = tmp_path / "run"
-    assert main(["train", str(RECIPE), f"model.pretrained={tmp_path / 'teacher'}", "data.frames=4", "data.size=16",
+    assert main(["train", str(RECIPE_NO_ODE), f"model.pretrained={tmp_path / 'teacher'}", "data.frames=4", "data.size=16",
                  "data.sprite_size=8", "trainer.max_steps=2", "trainer.batch_size=2", "trainer.log_every=1",
                  "trainer.preview_count=2", f"output_dir={out}"]) == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -135,3 +136,41 @@ def test_the_b2_recipe_trains_exports_and_streams_with_a_tiny_teacher(tmp_path):
     report = json.loads((tmp_path / "long.json").read_text())
     assert report["streamed"] and report["chunks"] == 4 and 0 < report["first_chunk_seconds"] <= report["seconds"]
     assert main(["sample", str(tmp_path / "teacher"), "--stream"]) == 2            # a bidirectional teacher
+
+
+def test_ode_pairs_lie_on_the_teachers_path_and_initialise_the_self_forcing_student(tmp_path):
+    """`diffdistill ode-pairs` -> recipes/video/ode_init.yaml -> recipes/video/self_forcing.yaml (its student is the
+    ODE-regressed export), each as shipped with the tiny teacher swapped in."""
+    from diffdistill.cli import main
+    from diffdistill.data.ode_pairs import ODEPairsConfig, ODEPairsStream, ode_grid
+    from diffdistill.inference.sampling import ode_sample
+    from diffdistill.models.base import guided
+    from diffdistill.models.registry import load_model
+
+    teacher = tiny_teacher(frames=4, size=16)
+    save_model(teacher, tmp_path / "teacher", {"sampling": {"sampler": "ode", "steps": 8, "guidance": 3.0,
+                                                            "num_classes": 10}})
+    pairs = tmp_path / "pairs"
+    assert main(["ode-pairs", str(tmp_path / "teacher"), "--times", *map(str, TIMES), "--n", "3",
+                 "--steps-per-segment", "2", "--batch-size", "2", "--out", str(pairs)]) == 0
+    stream = ODEPairsStream(ODEPairsConfig(str(pairs)), batch_size=3)
+    batch = stream.next()
+    assert batch.states.shape == (3, 4, 4, 1, 16, 16) and batch.state_times.tolist() == TIMES
+    # path consistency: the teacher's ODE continued from the state stored at t = 0.75 ends at the stored endpoint
+    grid = ode_grid(TIMES, 2)
+    with torch.no_grad():
+        end = ode_sample(guided(teacher.eval(), 3.0), batch.states[:, 2], grid[4:], batch.cond)
+    torch.testing.assert_close(end, batch.x0, rtol=1e-4, atol=1e-4)
+
+    init = tmp_path / "ode-init"
+    assert main(["train", str(RECIPES / "ode_init.yaml"), f"model.pretrained={tmp_path / 'teacher'}",
+                 f"data.path={pairs}", "trainer.max_steps=2", "trainer.batch_size=3", "trainer.log_every=1",
+                 "trainer.preview_count=2", f"output_dir={init}"]) == 0
+    student = load_model(init / "export")
+    assert student.causal is not None and student.causal.chunk_frames == 2
+    run = tmp_path / "sf"
+    assert main(["train", str(RECIPES / "self_forcing.yaml"), f"model.pretrained={tmp_path / 'teacher'}",
+                 f"student.pretrained={init / 'export'}", "data.frames=4", "data.size=16", "data.sprite_size=8",
+                 "trainer.max_steps=1", "trainer.batch_size=2", "trainer.log_every=1", "trainer.preview_count=2",
+                 f"output_dir={run}"]) == 0
+    assert json.loads((run / "export" / "diffdistill.json").read_text())["sampling"]["chunk_frames"] == 2

@@ -38,10 +38,13 @@ class Batch:
     cond: Cond
     index: Tensor
     uncond: Cond | None = None
+    states: Tensor | None = None          # ODE pairs: the teacher's x at ``state_times`` [B, S, ...] (ode_pairs.py)
+    state_times: Tensor | None = None     # [S], noisy -> clean
 
     def to(self, device: torch.device | str) -> "Batch":
-        uncond = self.uncond.to(device) if self.uncond is not None else None
-        return Batch(self.x0.to(device), self.cond.to(device), self.index.to(device), uncond)
+        move = lambda x: x.to(device) if x is not None else None      # noqa: E731
+        return Batch(self.x0.to(device), self.cond.to(device), self.index.to(device), move(self.uncond),
+                     move(self.states), self.state_times)
 
     def fingerprint(self) -> str:
         """Short hash of the sample ids and values: the same batch gives the same fingerprint (resume tests)."""
@@ -233,6 +236,7 @@ DATASETS: dict[str, tuple[str, str, str]] = {
     "fmnist": ("diffdistill.data", "FashionMNISTConfig", "FashionMNISTStream"),
     "latents": ("diffdistill.data.latents", "LatentsConfig", "LatentsStream"),
     "moving_fmnist": ("diffdistill.data.moving", "MovingFMNISTConfig", "MovingFMNISTStream"),
+    "ode_pairs": ("diffdistill.data.ode_pairs", "ODEPairsConfig", "ODEPairsStream"),
 }
 
 

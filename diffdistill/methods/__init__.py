@@ -8,6 +8,7 @@ from ..config import ConfigError, Section, from_dict, unknown_key_error
 from ..models.base import DiffusionModel
 from .base import Method, Role
 from .dmd2 import DMD2, DMD2Config
+from .ode_regression import ODERegression, ODERegressionConfig
 from .self_forcing import SelfForcing, SelfForcingConfig
 from .teacher import Teacher, TeacherConfig
 
@@ -15,6 +16,8 @@ from .teacher import Teacher, TeacherConfig
 METHODS: dict[str, tuple[type, type[Method], str]] = {
     "teacher": (TeacherConfig, Teacher, "plain denoising / flow-matching training (builds teachers)"),
     "dmd2": (DMD2Config, DMD2, "DMD2: distribution matching + two time-scale updates + backward simulation"),
+    "ode_regression": (ODERegressionConfig, ODERegression, "ODE regression: a block-causal video student regressed "
+                       "onto its teacher's ODE trajectories (the initialisation of self forcing)"),
     "self_forcing": (SelfForcingConfig, SelfForcing, "Self Forcing: a block-causal video student trained with DMD on "
                      "its own streaming rollouts (KV cache, gradient truncation)"),
 }

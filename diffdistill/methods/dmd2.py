@@ -65,7 +65,8 @@ class DMD2(Method):
         _validate(cfg)
         self.cfg, self.num_classes = cfg, num_classes
         self.teacher = freeze(teacher)
-        if student is not None and len(cfg.student_times) > 1:
+        pretrained = getattr(getattr(student, "cfg", None), "pretrained", None)
+        if student is not None and len(cfg.student_times) > 1 and not pretrained:
             warnings.warn("a multi-step DMD2 student with a network of its own (a `student:` section) must start from "
                           "trained weights: from random weights its steps split the modes between them (the critic "
                           "fits the mixture of all steps' outputs). Drop the `student:` section to copy the teacher, "
