@@ -27,7 +27,8 @@ def write_videos(folder: Path, count: int = 3, frames: int = 7) -> Path:
     for i in range(count):
         video = np.zeros((frames, 20, 24, 3), dtype=np.uint8)
         for t in range(frames):
-            video[t, 6:14, 2 + 2 * t + i: 10 + 2 * t + i] = (200, 60 + 40 * i, 30)
+            left = (2 + 2 * t + i) % 14                 # wraps: no two frames alike (GIF writers merge repeats)
+            video[t, 6:14, left: left + 8] = (200, 60 + 40 * i, 30 + 5 * t)
         suffix = ".mp4" if i == count - 1 else ".gif"
         if suffix == ".gif":
             iio.imwrite(folder / f"clip{i}.gif", video, duration=100, loop=0)
@@ -152,3 +153,24 @@ def test_the_wan21_recipe_trains_on_encoded_clips_with_a_tiny_pipeline_swapped_i
     assert main(["export", str(out)]) == 0
     assert (out / "export" / "transformer" / "config.json").is_file()
     assert json.loads((out / "export" / "scheduler" / "scheduler_config.json").read_text())["shift"] == 3.0
+
+
+def test_the_wan21_self_forcing_recipe_runs_two_steps_on_a_tiny_wan(wan, tmp_path):
+    """recipes/video/wan21_t2v_1.3b_self_forcing.yaml as shipped (chunks of 3 latent frames, 4 warped steps, TTUR),
+    with the tiny pipeline and 21-frame clips (6 latent frames: 2 chunks) swapped in: a student and a critic step on
+    prompts encoded by umT5, and a causal export that loads as a stock WanTransformer3DModel."""
+    from diffusers import WanTransformer3DModel
+
+    _, folder, _ = wan
+    latents = encode_folder(folder, write_videos(tmp_path / "videos", count=2, frames=21), tmp_path / "latents",
+                            clip=ClipSize(frames=21, height=16, width=16))
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "video" / "wan21_t2v_1.3b_self_forcing.yaml"
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), f"model.pretrained={folder}", f"data.path={latents}", "model.num_frames=6",
+                 "model.height=2", "model.width=2", "model.dtype=float32", "trainer.mixed_precision=no",
+                 "trainer.max_steps=2", "trainer.log_every=1", f"output_dir={out}"]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(lines[0]["student/dm"]) and np.isfinite(lines[1]["critic/denoise"])
+    meta = json.loads((out / "export" / "diffdistill.json").read_text())
+    assert meta["sampling"]["chunk_frames"] == 3 and meta["sampling"]["guidance"] == 1.0
+    assert WanTransformer3DModel.from_pretrained(out / "export" / "transformer").config.num_layers == 2

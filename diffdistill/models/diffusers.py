@@ -367,7 +367,12 @@ class DiffusersWan(_DiffusersAdapter):
             raise ValueError(f"this Wan is already block-causal (chunk_frames={self.causal.chunk_frames})")
         self.causal = BlockCausal(self.transformer, chunk_frames, window_chunks)
         self.causal.check_frames(self.cfg.num_frames)
-        self.cfg = replace(self.cfg, chunk_frames=chunk_frames, window_chunks=window_chunks)
+        # a checkpointed block recomputes its forward in backward, after the KV cache has moved on: the streamed
+        # student trains without it (its graph holds one chunk's exit step per chunk, not whole clips)
+        if self.transformer.is_gradient_checkpointing:
+            self.transformer.disable_gradient_checkpointing()
+        self.cfg = replace(self.cfg, chunk_frames=chunk_frames, window_chunks=window_chunks,
+                           gradient_checkpointing=False)
         return self
 
     def new_cache(self) -> KVCache:
