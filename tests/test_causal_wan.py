@@ -213,3 +213,21 @@ def test_generate_streams_a_causal_spec_per_sample_and_refuses_cfg():
         SamplingSpec("few_step", (1.0, 0.5), guidance=3.0, chunk_frames=2)
     with pytest.raises(ValueError, match="not block-causal"):
         generate(causal(chunk=0), spec, 1, progress=False)
+
+
+def test_the_b4_streaming_script_runs_on_a_tiny_wan(tmp_path):
+    """evaluation/gpu/wan_streaming_fps.py (benchmark B4's Wan row) on the CPU with --tiny: the same code path as on
+    the GPU, a JSON naming the device with first-chunk latency below the whole clip's time."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "evaluation/gpu/wan_streaming_fps.py", "--tiny", "--device", "cpu",
+                           "--dtype", "float32", "--repeats", "1", "--out", str(tmp_path)], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu-wan-streaming.json").read_text())
+    assert "CPU" in result["device"] and result["steps"] == 4 and result["latent_clip"][0] == 6
+    assert 0 < result["median"]["first_chunk_s"] < result["median"]["clip_s"]
