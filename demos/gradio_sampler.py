@@ -24,7 +24,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # a local demo ha
 
 from diffdistill.inference.side_by_side import (DEFAULT_STUDENT, DEFAULT_TEACHER, HOW_TO_GET_A_STUDENT, MAX_IMAGES, MAX_SEED,
                                       Comparison, Request, SideBySide)
-from diffdistill.visual import to_pil
+from diffdistill.inference.video_side_by_side import VideoSideBySide, VideoUpdate
+from diffdistill.visual import save_video, to_pil
 
 if TYPE_CHECKING:
     import gradio
@@ -35,13 +36,17 @@ MIN_SIDE = 128          # 32-pixel samples are enlarged with sharp pixels (visua
 TEXT_NOTE = ("Text-to-image students need an exported SD/SDXL pipeline: the export's UNet plus the text encoders and "
              "VAE of the diffusers pipeline folder it was distilled from (`--pipeline`, default: the recipe's "
              "`model.pretrained`). Fashion-MNIST models are class-conditional and need nothing else.")
-VIDEO_NOTE = ("### Video (streaming)\nStreaming video sampling (chunk by chunk, with first-chunk latency and FPS) "
-              "arrives with the video distillation work (causal self-forcing students on Wan).")
+VIDEO_NOTE = ("### Video (streaming)\nStart the demo with `--video-student RUN` (a causal student, e.g. from "
+              "`diffdistill train recipes/video/self_forcing.yaml`) and optionally `--video-teacher "
+              "diffdistill/assets/moving_fmnist/teacher` to stream clips chunk by chunk here, with first-chunk "
+              "latency and frames/s next to the teacher's clip.")
 
 
-def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True) -> "gradio.Blocks":
-    """The Blocks app over ``sampler``. ``allow_checkpoint_switch`` False locks the checkpoint boxes (use it whenever
-    the page is reachable by others: the boxes read any folder on this machine)."""
+def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
+                video: VideoSideBySide | None = None) -> "gradio.Blocks":
+    """The Blocks app over ``sampler`` (and ``video``: the streaming tab's causal student and teacher).
+    ``allow_checkpoint_switch`` False locks the checkpoint boxes (use it whenever the page is reachable by others: the
+    boxes read any folder on this machine)."""
     import gradio as gr     # imported here: a bad command line fails fast, without gradio's import time
 
     with gr.Blocks(title="diffdistill few-step sampler") as demo:
@@ -85,7 +90,39 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True) -> "g
                     with gr.Accordion("Timings (JSON)", open=False):
                         raw = gr.JSON()
         with gr.Tab("Video (streaming)"):
-            gr.Markdown(VIDEO_NOTE)
+            if video is None:
+                gr.Markdown(VIDEO_NOTE)
+            else:
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        v_label = gr.Dropdown(choices=[(name, i) for i, name in
+                                                       enumerate(video.student.class_names)], value=0,
+                                              label="Class", interactive=True, elem_id="video-class")
+                        v_steps = gr.Radio(choices=video.teacher.step_choices if video.teacher else [],
+                                           value=video.teacher.default_steps if video.teacher else None,
+                                           label="Teacher steps (Euler)", visible=video.teacher is not None)
+                        v_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+                        v_run = gr.Button("Stream", variant="primary", elem_id="stream")
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            v_student = gr.Image(label="Student (streamed chunk by chunk)", type="filepath",
+                                                 elem_id="video-student")
+                            v_teacher = gr.Image(label="Teacher (whole clip)", type="filepath",
+                                                 visible=video.teacher is not None, elem_id="video-teacher")
+                        v_timings = gr.Markdown(elem_id="video-timings")
+
+                def on_stream(label_v, steps_v, seed_v):
+                    try:
+                        shown: dict = {"student": None, "teacher": None}
+                        gifs: dict = {"student": None, "teacher": None}
+                        for update in video.stream(int(label_v), _int(seed_v) or 0, _int(steps_v)):
+                            shown[update.model], gifs[update.model] = update, _clip_gif(update)
+                            yield gifs["student"], gifs["teacher"], _video_timings(shown)
+                    except ValueError as err:
+                        raise gr.Error(str(err), print_exception=False) from None
+
+                v_run.click(on_stream, [v_label, v_steps, v_seed], [v_student, v_teacher, v_timings],
+                            api_name="stream")
 
         def on_generate(label_v, prompt_v, s_steps, t_steps, w, n_v, seed_v, random_v):
             req = Request(label=None if label_v in (None, ALL_CLASSES) else int(label_v), prompt=prompt_v or "",
@@ -202,6 +239,30 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _clip_gif(update: VideoUpdate) -> str:
+    """The frames so far as an animated GIF in a fresh temporary file (the browser reloads a new path)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="diffdistill-video-"))
+    return str(save_video(update.frames[None], folder / f"{update.model}.gif", min_side=MIN_SIDE, mp4=False)[0])
+
+
+def _video_timings(shown: dict) -> str:
+    s, t = shown["student"], shown["teacher"]
+    lines = ["| | frames | first chunk | seconds | frames/s |", "|---|---:|---:|---:|---:|"]
+    if s is not None:
+        lines.append(f"| student | {s.frames.shape[0]}{'' if s.done else ' (streaming)'} | "
+                     f"{s.first_chunk_seconds:.3f} s | {s.seconds:.3f} | {s.frames_per_second:.1f} |")
+    if t is not None:
+        lines.append(f"| teacher ({t.nfe} NFE) | {t.frames.shape[0]} | - | {t.seconds:.3f} | "
+                     f"{t.frames_per_second:.1f} |")
+        if s is not None:
+            lines.append(f"\nStreaming speed-up, measured in this click: **{s.frames_per_second / t.frames_per_second:.1f}x** "
+                         f"frames/s; the first frames show after {s.first_chunk_seconds:.3f} s instead of "
+                         f"{t.seconds:.3f} s.")
+    return "\n".join(lines)
+
+
 def _int(v) -> int | None:
     return None if v is None or v == "" else int(v)
 
@@ -215,6 +276,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-teacher", action="store_true", help="show the student alone")
     p.add_argument("--pipeline", default=None,
                    help="text models: the diffusers SD/SDXL pipeline folder for text encoders and VAE")
+    p.add_argument("--video-student", default=None, help="a causal video student export or run (the streaming tab)")
+    p.add_argument("--video-teacher", default=None, help="its teacher (default: none)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes the demo to "
                         "the network)")
@@ -235,12 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         sampler = SideBySide(student, None if args.no_teacher else args.teacher, args.device, args.pipeline)
+        video = VideoSideBySide(args.video_student, args.video_teacher, args.device) if args.video_student else None
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}\nTo get a student: {HOW_TO_GET_A_STUDENT}; the teacher ships at {DEFAULT_TEACHER}.",
               file=sys.stderr)
         return EXIT_BAD_INPUT
     local = not args.share and _is_loopback(args.host)
-    demo = create_demo(sampler, allow_checkpoint_switch=local)
+    demo = create_demo(sampler, allow_checkpoint_switch=local, video=video)
     # one generation at a time: the models live on one device, and parallel clicks would distort each other's timings
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0

@@ -117,11 +117,11 @@ def _frame_strips(clips: Tensor, labels: Tensor, class_names: Sequence[str] | No
 
 def save_video(clips: Tensor, path: str | Path, labels: Tensor | None = None,
                class_names: Sequence[str] | None = None, per_class: int = 2, fps: float = 4.0,
-               min_side: int = 96) -> list[Path]:
+               min_side: int = 96, mp4: bool = True) -> list[Path]:
     """Clips [B, T, C, H, W] in [-1, 1] -> an animated GIF at ``path`` (suffix .gif): GIF frame t is the grid of
     every clip's frame t (with ``labels``: a row per class, the class name on the left), enlarged by a whole factor
-    with nearest-neighbour pixels to at least ``min_side`` per clip; plus an MP4 next to it where imageio-ffmpeg is
-    installed (``pip install diffdistill[video]``). Returns the files written."""
+    with nearest-neighbour pixels to at least ``min_side`` per clip; plus (``mp4``) an MP4 next to it where
+    imageio-ffmpeg is installed (``pip install diffdistill[video]``). Returns the files written."""
     import imageio.v3 as iio
     import numpy as np
 
@@ -141,6 +141,8 @@ def save_video(clips: Tensor, path: str | Path, labels: Tensor | None = None,
         frames.append(np.asarray(image))
     iio.imwrite(path, frames, duration=1000 / fps, loop=0)
     written = [path]
+    if not mp4:
+        return written
     try:
         import imageio_ffmpeg  # noqa: F401  (only asks whether the ffmpeg binary is installed)
     except ImportError:

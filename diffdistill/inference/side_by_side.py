@@ -94,14 +94,15 @@ class Comparison:
 class LoadedModel:
     """One exported model on its device, with the sampling spec its export records."""
 
-    def __init__(self, path: str | Path, device: torch.device) -> None:
+    def __init__(self, path: str | Path, device: torch.device, kinds: tuple[str, ...] = ("unet",)) -> None:
         self.directory = find_export(path)
         meta = read_export_meta(self.directory)
         kind = meta.get("model", {}).get("kind")
-        if kind != "unet":
-            what = "video models arrive with the video tab" if kind == "wan" else "use `diffdistill sample` for it"
-            raise ValueError(f"{str(self.directory)!r} holds a {kind!r} model; the demo samples image UNets "
-                             f"({what})")
+        if kind not in kinds:
+            what = {"wan": "a video model: give it to the video tab (--video-student / --video-teacher)",
+                    "unet": "an image model: give it to the image tab"}.get(kind, "use `diffdistill sample` for it")
+            raise ValueError(f"{str(self.directory)!r} holds a {kind!r} model, {what}; this part of the demo "
+                             f"samples {' / '.join(kinds)} models")
         sampling = meta.get("sampling", {})
         if sampling.get("sampler") == "few_step" and not sampling.get("times"):
             raise ValueError(f"{str(self.directory)!r} is a few-step student without sampling.times in its "

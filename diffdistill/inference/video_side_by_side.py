@@ -1,0 +1,80 @@
+"""The demo's video engine: a causal student streamed chunk by chunk next to its bidirectional teacher's whole clip,
+from the same seed, with first-chunk latency, frames/s and the speed-up measured in the same click.
+
+:class:`VideoSideBySide` loads a causal video student (an export whose sampling has ``chunk_frames`` > 0, e.g. from
+recipes/video/self_forcing.yaml) and optionally its teacher; :meth:`VideoSideBySide.stream` yields a
+:class:`VideoUpdate` as each student chunk is ready (through :func:`~.generate.stream`, the path of `diffdistill sample
+--stream`) and then the teacher's clip (through :func:`~.generate.generate`). No UI here: demos/gradio_sampler.py
+draws it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .generate import generate, stream
+from .side_by_side import MAX_SEED, LoadedModel
+
+
+@dataclass
+class VideoUpdate:
+    """What the page shows after one event. ``frames`` [T, C, H, W] in [-1, 1]: the student's frames so far, or the
+    teacher's whole clip."""
+
+    model: Literal["student", "teacher"]
+    frames: Tensor
+    seconds: float                      # since this model started sampling
+    first_chunk_seconds: float | None   # student: time to its first chunk
+    done: bool                          # this model's clip is complete
+    nfe: int                            # network evaluations per chunk (student) or per clip (teacher)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames.shape[0] / max(self.seconds, 1e-9)
+
+
+class VideoSideBySide:
+    """A causal video student (class-conditioned) and an optional teacher on one device."""
+
+    def __init__(self, student: str | Path, teacher: str | Path | None = None, device: str | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.student = LoadedModel(student, self.device, kinds=("wan",))
+        if not self.student.spec.chunk_frames:
+            raise ValueError(f"{str(self.student.directory)!r} samples whole clips: the video tab streams a causal "
+                             "student (an export with chunk_frames > 0, e.g. from recipes/video/self_forcing.yaml)")
+        self.teacher = LoadedModel(teacher, self.device, kinds=("wan",)) if teacher else None
+        for m in (self.student, self.teacher):
+            if m is not None and m.conditioning != "class":
+                raise ValueError(f"{str(m.directory)!r} is text-conditioned; the video tab streams class-conditioned "
+                                 "clips (benchmark B2); use `diffdistill sample --stream --prompt` for text models")
+
+    def stream(self, label: int, seed: int | None = 0, teacher_steps: int | None = None,
+               guidance: float | None = None) -> Iterator[VideoUpdate]:
+        """The student's frames after every chunk, then the teacher's clip (same seed, same class)."""
+        if not 0 <= label < self.student.num_classes:
+            raise ValueError(f"class must be in 0..{self.student.num_classes - 1}, got {label}")
+        if teacher_steps is not None and self.teacher is not None and teacher_steps not in self.teacher.step_choices:
+            raise ValueError(f"teacher steps must be one of {self.teacher.step_choices}, got {teacher_steps}")
+        seed = random.randint(0, MAX_SEED) if seed is None else seed
+        labels = torch.tensor([label])
+        chunks: list[Tensor] = []
+        first = None
+        spec = self.student.spec
+        for k, chunk, seconds in stream(self.student.model, spec, 1, seed, labels):
+            chunks.append(chunk[0])
+            first = seconds if first is None else first
+            yield VideoUpdate("student", torch.cat(chunks).clamp(-1, 1), seconds, first,
+                              done=sum(c.shape[0] for c in chunks) >= self.student.model.data_shape[0], nfe=spec.steps)
+        if self.teacher is not None:
+            t = self.teacher
+            plan = t.spec.override(t.model.schedule, teacher_steps, guidance=guidance)
+            clip, _, seconds = generate(t.model, plan, 1, seed, batch_size=1, labels=labels.to(self.device),
+                                        progress=False)
+            yield VideoUpdate("teacher", clip[0].clamp(-1, 1), seconds, None, done=True, nfe=plan.nfe)
