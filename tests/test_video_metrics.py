@@ -71,8 +71,9 @@ def real_clips():
 def test_real_clips_score_near_zero_and_are_recognised(real_clips):
     evaluator, clips, labels = real_clips
     scores = evaluator.score(clips, labels)
-    assert scores.class_accuracy >= 0.9 and scores.consistency >= 0.9
-    assert scores.fid_frames < 2.0 and scores.fd_motion < 2.0 and scores.fd_track < 0.05
+    # the evaluator recognises 90.0% of 5000 real test clips (its card): 16-pixel garments are ambiguous
+    assert scores.class_accuracy >= 0.85 and scores.consistency >= 0.9
+    assert scores.fid_frames < 2.0 and scores.fd_motion < 0.5 and scores.fd_track < 0.05
 
 
 @shipped
@@ -83,9 +84,9 @@ def test_shuffled_and_frozen_clips_are_far_worse_on_the_temporal_metrics_only(re
                          for i in range(clips.shape[0])])
     shuffled = evaluator.score(torch.stack([c[o] for c, o in zip(clips, order)]), labels)
     frozen = evaluator.score(clips[:, :1].expand_as(clips).contiguous(), labels)
-    for bad in (shuffled, frozen):
-        assert bad.fd_motion > 10 * max(real.fd_motion, 0.5)
-        assert bad.fd_track > 10 * max(real.fd_track, 0.01)
+    for bad in (shuffled, frozen):         # measured: 18x / 185x on fd_motion, 12000x / 1100x on fd_track
+        assert bad.fd_motion > 10 * real.fd_motion
+        assert bad.fd_track > 100 * real.fd_track
     assert shuffled.fid_frames == pytest.approx(real.fid_frames, rel=1e-6)     # the same frames, another order
     assert frozen.fid_frames < 3 * max(real.fid_frames, 1.0)
     assert frozen.mean_speed == 0 and shuffled.mean_speed > real.mean_speed
