@@ -69,7 +69,7 @@ def _grid(images: Tensor, path: Path, columns: int) -> Path:
 
 def _class_rows(images: Tensor, labels: Tensor, class_names: Sequence[str] | None,
                 per_class: int) -> tuple[list[Tensor], list[str]]:
-    """Group images [B, C, H, W] by label: (a row of at most ``per_class`` images per class, the row names)."""
+    """Group samples [B, ...] (images or clips) by label: (at most ``per_class`` samples per class, the names)."""
     classes = sorted(set(labels.tolist()))
     names = [class_names[c] if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
              for c in classes]
@@ -105,12 +105,9 @@ def _class_grid(images: Tensor, labels: Tensor, class_names: Sequence[str] | Non
 def _frame_strips(clips: Tensor, labels: Tensor, class_names: Sequence[str] | None, per_class: int,
                   path: Path) -> Path:
     """One row of frames per clip (at most ``per_class`` clips of each class), named by its class."""
-    rows, names = [], []
-    for c in sorted(set(labels.tolist())):
-        name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
-        for clip in clips[labels == c][:per_class]:
-            rows.append(clip)
-            names.append(name)
+    groups, group_names = _class_rows(clips, labels, class_names, per_class)
+    rows = [clip for group in groups for clip in group]
+    names = [name for group, name in zip(groups, group_names) for _ in group]
     _rows_image(rows, names).save(path)
     return path
 
@@ -119,26 +116,31 @@ def save_video(clips: Tensor, path: str | Path, labels: Tensor | None = None,
                class_names: Sequence[str] | None = None, per_class: int = 2, fps: float = 4.0,
                min_side: int = 96, mp4: bool = True) -> list[Path]:
     """Clips [B, T, C, H, W] in [-1, 1] -> an animated GIF at ``path`` (suffix .gif): GIF frame t is the grid of
-    every clip's frame t (with ``labels``: a row per class, the class name on the left), enlarged by a whole factor
-    with nearest-neighbour pixels to at least ``min_side`` per clip; plus (``mp4``) an MP4 next to it where
-    imageio-ffmpeg is installed (``pip install diffdistill[video]``). Returns the files written."""
+    every clip's frame t (with ``labels``: a row per class, at most ``per_class`` clips, the class name on the left),
+    enlarged by a whole factor with nearest-neighbour pixels to at least ``min_side`` per clip; plus (``mp4``) an MP4
+    next to it where imageio-ffmpeg is installed (``pip install diffdistill[video]``). Returns the files written."""
+    clips = clips.detach().float().cpu()
+    if clips.dim() != 5:
+        raise ValueError(f"save_video draws clips [B, T, C, H, W], got {list(clips.shape)}")
+    if labels is None:
+        return save_video_rows([clips], [""], path, fps, min_side, mp4)
+    return save_video_rows(*_class_rows(clips, labels.cpu(), class_names, per_class), path, fps, min_side, mp4)
+
+
+def save_video_rows(rows: Sequence[Tensor], names: Sequence[str], path: str | Path, fps: float = 4.0,
+                    min_side: int = 96, mp4: bool = True) -> list[Path]:
+    """Rows of clips (each [k, T, C, H, W] in [-1, 1], one name per row) -> an animated GIF whose frame t shows
+    frame t of every clip in its row and column (e.g. a row per class, a column per step count), and an MP4 where
+    imageio-ffmpeg is installed. Returns the files written."""
     import imageio.v3 as iio
     import numpy as np
 
     path = Path(path).with_suffix(".gif")
     path.parent.mkdir(parents=True, exist_ok=True)
-    clips = clips.detach().float().cpu()
-    if clips.dim() != 5:
-        raise ValueError(f"save_video draws clips [B, T, C, H, W], got {list(clips.shape)}")
-    factor = max(1, -(-min_side // min(clips.shape[-2:])))
-    big = clips.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    frames = []
-    for t in range(big.shape[1]):
-        if labels is not None:
-            image = _rows_image(*_class_rows(big[:, t], labels.cpu(), class_names, per_class))
-        else:
-            image = _rows_image([big[:, t]], [""])
-        frames.append(np.asarray(image))
+    rows = [r.detach().float().cpu() for r in rows]
+    factor = max(1, -(-min_side // min(rows[0].shape[-2:])))
+    big = [r.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1) for r in rows]
+    frames = [np.asarray(_rows_image([r[:, t] for r in big], names)) for t in range(big[0].shape[1])]
     iio.imwrite(path, frames, duration=1000 / fps, loop=0)
     written = [path]
     if not mp4:

@@ -130,6 +130,17 @@ class Method(nn.Module):
         batch 0 (the trainer passes it), whose prompts condition a text model's previews (:meth:`preview_cond`)."""
         raise NotImplementedError
 
+    def preview_inputs(self, n: int, seed: int, batch: Batch | None) -> tuple[DiffusionModel, Tensor, Cond | None,
+                                                                           Cond | None]:
+        """(exported model, starting noise [n', *data_shape] from ``seed`` on its device, condition, unconditional
+        condition): what every method's :meth:`preview` samples from (n' < n for text models, see
+        :meth:`preview_cond`)."""
+        model = self.export_model()
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        n, cond, uncond = self.preview_cond(n, getattr(self, "num_classes", 0), batch, device)
+        noise = torch.randn(n, *model.data_shape, generator=torch.Generator().manual_seed(seed)).to(device)
+        return model, noise, cond, uncond
+
     def preview_cond(self, n: int, num_classes: int, batch: Batch | None,
                      device: torch.device) -> tuple[int, Cond | None, Cond | None]:
         """(sample count, condition, unconditional condition) for ``n`` preview samples: class labels 0, 1, ... for

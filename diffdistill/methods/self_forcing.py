@@ -73,11 +73,7 @@ class SelfForcing(DMD2):
 
     @torch.no_grad()
     def preview(self, n: int, seed: int = 0, *, batch: Batch | None = None) -> Tensor:
-        student = self.export_model()
-        gen = torch.Generator().manual_seed(seed)
-        device = next(student.parameters()).device
-        n, cond, _ = self.preview_cond(n, self.num_classes, batch, device)
-        noise = torch.randn(n, *student.data_shape, generator=gen).to(device)
+        student, noise, cond, _ = self.preview_inputs(n, seed, batch)
         return causal_sample(student, noise, self.times, cond)
 
     def sampling_spec(self) -> SamplingSpec:

@@ -69,11 +69,7 @@ class Teacher(Method):
 
     @torch.no_grad()
     def preview(self, n: int, seed: int = 0, *, batch: Batch | None = None) -> Tensor:
-        model = self.export_model()
-        gen = torch.Generator().manual_seed(seed)
-        device = next(iter(model.parameters()), torch.empty(0)).device
-        n, cond, uncond = self.preview_cond(n, self.num_classes, batch, device)
-        noise = torch.randn(n, *model.data_shape, generator=gen).to(device)
+        model, noise, cond, uncond = self.preview_inputs(n, seed, batch)
         guide = cond is not None and self.cfg.preview_guidance != 1.0
         sampler = guided(model, self.cfg.preview_guidance, uncond) if guide else model
         ts = self.schedule.step_grid(self.cfg.preview_steps, self.cfg.preview_spacing)
