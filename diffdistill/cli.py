@@ -169,7 +169,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_ode_pairs(args: argparse.Namespace) -> int:
-    from .data.ode_pairs import write_ode_pairs
+    from .inference.ode_pairs import write_ode_pairs
     from .inference.generate import export_spec
 
     directory = find_export(args.teacher)

@@ -142,7 +142,8 @@ def test_ode_pairs_lie_on_the_teachers_path_and_initialise_the_self_forcing_stud
     """`diffdistill ode-pairs` -> recipes/video/ode_init.yaml -> recipes/video/self_forcing.yaml (its student is the
     ODE-regressed export), each as shipped with the tiny teacher swapped in."""
     from diffdistill.cli import main
-    from diffdistill.data.ode_pairs import ODEPairsConfig, ODEPairsStream, ode_grid
+    from diffdistill.data.ode_pairs import ODEPairsConfig, ODEPairsStream
+    from diffdistill.inference.ode_pairs import ode_grid
     from diffdistill.inference.sampling import ode_sample
     from diffdistill.models.base import guided
     from diffdistill.models.registry import load_model
