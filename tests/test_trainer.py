@@ -254,3 +254,13 @@ def test_a_method_that_reads_its_ema_needs_an_ema_and_roles_must_share_a_schedul
     method = DMD2(DMD2Config(), teacher, critic=critic)
     with pytest.raises(ValueError, match="role 'critic' uses a vp schedule that differs from 'teacher'"):
         run_fit(method, trainer_cfg(max_steps=1), tmp_path / "b")
+
+
+def test_lr_factor_warms_up_then_decays_on_a_cosine_to_its_floor():
+    from diffdistill.train.trainer import OptimizerConfig, lr_factor
+
+    cfg = OptimizerConfig(warmup_steps=10, decay_start=100, decay_steps=200, min_lr_ratio=0.1)
+    assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 50) == 1.0 and lr_factor(cfg, 100) == 1.0
+    assert lr_factor(cfg, 200) == pytest.approx(0.55) and lr_factor(cfg, 300) == pytest.approx(0.1)
+    assert lr_factor(cfg, 5000) == pytest.approx(0.1)
+    assert lr_factor(OptimizerConfig(warmup_steps=4), 1000) == 1.0                  # no decay: constant

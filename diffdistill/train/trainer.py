@@ -49,6 +49,9 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     warmup_steps: int = 0             # linear warm-up of this group's lr over its first optimizer steps
+    decay_steps: int = 0              # > 0: cosine decay over this many optimizer steps (0: constant after warm-up)
+    decay_start: int = 0              # the optimizer step the decay begins at (e.g. where a continued run resumes)
+    min_lr_ratio: float = 0.1         # the decay ends at lr * min_lr_ratio and stays there
 
 
 @dataclass
@@ -258,7 +261,7 @@ def prepare_training(method: Method, cfg: TrainerConfig, accelerator: Accelerato
     method.to(accelerator.device)
     groups = list(method.groups)
     optimizers = {g: _optimizer(method.param_groups()[g], cfg.optimizers.get(g, OptimizerConfig()), g) for g in groups}
-    schedulers = {g: _warmup(optimizers[g], cfg.optimizers.get(g, OptimizerConfig()).warmup_steps) for g in groups}
+    schedulers = {g: _warmup(optimizers[g], cfg.optimizers.get(g, OptimizerConfig())) for g in groups}
     for g in groups:   # one prepare per role: DDP/FSDP wrapping stays accelerate's job
         module, optimizers[g], schedulers[g] = accelerator.prepare(method.trainable()[g], optimizers[g], schedulers[g])
         method.attach(g, module)
@@ -301,8 +304,21 @@ def _optimizer(params: list[nn.Parameter], ocfg: OptimizerConfig, group: str) ->
     return torch.optim.AdamW(params, lr=ocfg.lr, betas=ocfg.betas, weight_decay=ocfg.weight_decay, eps=ocfg.eps)
 
 
-def _warmup(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / steps) if steps > 0 else 1.0)
+def lr_factor(cfg: OptimizerConfig, i: int) -> float:
+    """The lr multiplier after ``i`` optimizer steps: linear warm-up, then constant or a cosine decay from
+    ``decay_start`` over ``decay_steps`` down to ``min_lr_ratio`` (Loshchilov & Hutter, arXiv:1608.03983, eq. 5)."""
+    warm = min(1.0, (i + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.decay_steps <= 0:
+        return warm
+    progress = min(1.0, max(0.0, (i - cfg.decay_start) / cfg.decay_steps))
+    return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _warmup(opt: torch.optim.Optimizer, cfg: OptimizerConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    if cfg.decay_steps < 0 or cfg.decay_start < 0 or not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise ValueError(f"optimizer decay_steps and decay_start must be >= 0 and min_lr_ratio in [0, 1], got "
+                         f"{cfg.decay_steps}, {cfg.decay_start}, {cfg.min_lr_ratio}")
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(cfg, i))
 
 
 def _make_ema(module: nn.Module, decay: float | None) -> AveragedModel | None:
