@@ -103,6 +103,15 @@ def test_resume_compatibility_allows_only_harmless_changes():
     _, c = resolve(RECIPE, ["trainer.optimizers.model.lr=0.5"])
     with pytest.raises(ConfigError, match="trainer.optimizers.model.lr: 0.001 -> 0.5"):
         check_resume_compatible(a, c)
+    # a continued run may anneal its lr from where it resumes
+    _, d = resolve(RECIPE, ["trainer.optimizers.model.decay_start=3000", "trainer.optimizers.model.decay_steps=500"])
+    check_resume_compatible(a, d)
+    # a run saved before a setting existed: the missing key compares at its default, a changed one does not
+    older = {**a, "trainer": {**a["trainer"], "optimizers": {"model": {
+        k: v for k, v in a["trainer"]["optimizers"]["model"].items() if k != "min_lr_ratio"}}}}
+    check_resume_compatible(older, a)
+    with pytest.raises(ConfigError, match="trainer.batch_size"):
+        check_resume_compatible(older, resolve(RECIPE, ["trainer.batch_size=7"])[1])
 
 
 def test_trainer_config_optimizer_groups_are_typed():

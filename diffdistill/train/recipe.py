@@ -26,6 +26,13 @@ from .trainer import TrainerConfig
 # run folder that was moved or copied resumes where it now is).
 RESUMABLE_KEYS = {"output_dir", "trainer.max_steps", "trainer.log_every", "trainer.sample_every", "trainer.checkpoint_every",
                   "trainer.keep_checkpoints", "trainer.log_with", "trainer.preview_count"}
+# how the learning rate goes on from here: a continued run may anneal (trainer.optimizers.<group>.<key>)
+RESUMABLE_SUFFIXES = (".decay_steps", ".decay_start", ".min_lr_ratio")
+
+
+def resumable(key: str) -> bool:
+    """Settings a run may change when it resumes: where it stops, what it logs and writes, its lr schedule ahead."""
+    return key in RESUMABLE_KEYS or (key.startswith("trainer.optimizers.") and key.endswith(RESUMABLE_SUFFIXES))
 
 
 @dataclass
@@ -126,9 +133,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """A run directory with checkpoints may only be resumed with the same maths; say which keys differ."""
+    """A run directory with checkpoints may only be resumed with the same maths; say which keys differ. ``saved`` is
+    re-resolved first, so settings added to the toolkit since the run began compare at their defaults."""
+    try:
+        saved = resolve_run(saved).resolved
+    except (ConfigError, ValueError):       # written by an older toolkit with keys since removed: compare as saved
+        pass
     a, b = flatten(saved), flatten(current)
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not resumable(k))
     if changed:
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
         raise ConfigError(f"output_dir {current.get('output_dir')!r} holds checkpoints of a run with other settings "
