@@ -99,3 +99,15 @@ def test_evaluator_refuses_clips_it_has_no_reference_for(real_clips):
         evaluator.score(torch.zeros(4, 8, 1, 64, 64), labels[:4])
     with pytest.raises(ValueError, match="one class label per clip"):
         evaluator.score(clips[:4], torch.zeros(4, 2, dtype=torch.long))
+
+
+@shipped
+def test_sample_reports_the_b2_scores_only_for_moving_fmnist_clips(real_clips):
+    from diffdistill.metrics.video import video_report
+
+    _, clips, labels = real_clips
+    report = video_report(clips[:50], labels[:50], "moving_fmnist")
+    assert set(report) >= {"fid_frames", "fd_motion", "fd_track", "class_accuracy", "consistency"}
+    assert video_report(clips[:50], labels[:50], "fmnist") == {}                  # not B2 data
+    assert video_report(clips[:50, :, :, :16, :16], labels[:50], "moving_fmnist") == {}   # other clip size
+    assert video_report(clips[:50], None, "moving_fmnist") == {}                  # unlabelled
