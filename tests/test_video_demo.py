@@ -64,6 +64,7 @@ def test_the_video_tab_refuses_what_it_cannot_stream(exports):
         VideoSideBySide(DEFAULT_TEACHER, device="cpu")
 
 
+@pytest.mark.slow          # a server in a subprocess (~20 s); the engine above is tested in the default tier
 def test_the_app_streams_through_gradio(exports):
     pytest.importorskip("gradio")
     pytest.importorskip("gradio_client")

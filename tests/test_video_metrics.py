@@ -63,7 +63,7 @@ def real_clips():
     evaluator = VideoEvaluator()
     cfg = MovingFMNISTConfig(**{**{k: v for k, v in evaluator.card["clip"].items()}, "split": "test"})
     clips = MovingFMNIST(cfg, seed=123)                 # other clips than the reference (seed 0)
-    made = [clips.clip(i) for i in range(400)]
+    made = [clips.clip(i) for i in range(300)]
     return evaluator, torch.stack([c.frames for c in made]), torch.stack([c.labels[0] for c in made])
 
 

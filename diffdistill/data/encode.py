@@ -53,7 +53,7 @@ def captioned_images(folder: str | Path, suffixes: set[str] = IMAGE_SUFFIXES,
         missing = [p.name for p in files if not p.with_suffix(".txt").is_file()]
         if missing:
             raise FileNotFoundError(f"no caption for {missing[:3]} (and {max(0, len(missing) - 3)} more): put a "
-                                    "<stem>.txt beside each file, or a metadata.jsonl with file_name and text")
+                                    f"<stem>.txt beside each {what[:-1]}, or a metadata.jsonl with file_name and text")
         pairs = [(p, p.with_suffix(".txt").read_text().strip()) for p in files]
     if not pairs:
         raise FileNotFoundError(f"--{what} {str(folder)!r} holds no {what} ({', '.join(sorted(suffixes))})")
