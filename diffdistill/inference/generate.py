@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -52,14 +52,27 @@ def class_labels(n: int, num_classes: int, first: int = 0) -> Tensor | None:
     return (torch.arange(first, first + n) % num_classes) if num_classes else None
 
 
+def chunk_noise(rule: SampleNoise, indices: list[int], chunk_frames: int,
+                device: torch.device) -> Callable[[int, int], Tensor]:
+    """The streaming sampler's fresh noise: chunk k's frames of the per-sample noise of step j (noise.py's rule, so a
+    causal sample equals its un-streamed draw). Each step's whole-clip noise is drawn once, not once per chunk."""
+    drawn: dict[int, Tensor] = {}
+
+    def fresh(k: int, j: int) -> Tensor:
+        if j not in drawn:
+            drawn[j] = rule.fresh(indices, j).to(device)
+        return drawn[j][:, k * chunk_frames:(k + 1) * chunk_frames]
+
+    return fresh
+
+
 def run_spec(spec: SamplingSpec, net: DiffusionModel, noise: Tensor, cond: Cond | None, noise_rule: SampleNoise,
              indices: list[int]) -> Tensor:
     """One batch on ``spec``'s times: ``net`` (already guided if wanted) from ``noise`` [B, ...] to x0 [B, ...]."""
     times = torch.tensor(spec.times, dtype=torch.float64)
     if spec.chunk_frames:                  # causal students: chunk by chunk, each chunk on the few-step times
-        c = spec.chunk_frames
-        return causal_sample(net, noise, times, cond,
-                             fresh=lambda k, j: noise_rule.fresh(indices, j)[:, k * c:(k + 1) * c])
+        return causal_sample(net, noise, times, cond, fresh=chunk_noise(noise_rule, indices, spec.chunk_frames,
+                                                                         noise.device))
     if spec.sampler == "ode":
         return ode_sample(net, noise, times, cond)
     return few_step_sample(net, noise, times, cond, fresh_noise=lambda i: noise_rule.fresh(indices, i))
@@ -118,12 +131,12 @@ def stream(model: DiffusionModel, spec: SamplingSpec, n: int, seed: int = 0, lab
     device = next(model.parameters()).device
     labels = labels if labels is not None else class_labels(n, spec.num_classes, first)
     cond = Cond(labels=labels.to(device)) if labels is not None else None
-    rule, indices, c = SampleNoise(seed, shape), list(range(first, first + n)), spec.chunk_frames
+    rule, indices = SampleNoise(seed, shape), list(range(first, first + n))
     noise = rule.initial(indices).to(device)
     sync(device)
     start = time.perf_counter()
     chunks = stream_chunks(model, noise, torch.tensor(spec.times, dtype=torch.float64), cond,
-                           fresh=lambda k, j: rule.fresh(indices, j)[:, k * c:(k + 1) * c].to(device))
+                           fresh=chunk_noise(rule, indices, spec.chunk_frames, device))
     for k, chunk in enumerate(chunks):
         sync(device)
         yield k, chunk.cpu(), time.perf_counter() - start
