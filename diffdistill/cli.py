@@ -212,14 +212,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _train(recipe: str | Path, overrides: list[str], write_config: bool = True, quiet: bool = False) -> int:
     from .train.checkpoint import latest_checkpoint, run_lock
-    from .methods import method_groups
+    from .methods import method_class, method_groups
     from .train.recipe import check_resume_compatible, resolve_run
     from .train.trainer import make_accelerator, validate_trainer_config
 
     run = resolve_run(recipe, overrides)            # every section validated once, into typed sections
     run_dir = Path(run.output_dir)
     validate_trainer_config(run.trainer, method_groups(run.method))
-    accelerator = make_accelerator(run.trainer, run_dir)
+    accelerator = make_accelerator(run.trainer, run_dir, method_class(run.method).partial_updates)
     # one writer per run folder: held by the job's main process until the run ends (checkpoint.run_lock)
     with run_lock(accelerator, run_dir):
         if latest_checkpoint(run_dir) is not None and (run_dir / "config.yaml").is_file():

@@ -187,6 +187,46 @@ class Schedule:
         alpha, sigma = (_expand(c, x0) for c in self.alpha_sigma(t))
         return _from_x0_eps(x0.double(), eps.double(), alpha, sigma, kind).to(x0.dtype)
 
+    # ------------------------------------------------------------------ noising from an intermediate time s
+    def transition(self, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha_{t|s}, sigma_{t|s})`` of the forward transition q(x_t | x_s) for t > s, in float64:
+        ``alpha_{t|s} = alpha_t / alpha_s`` and ``sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2`` (Kingma et al.
+        2021, arXiv:2107.00630 eq. 2-3), so noising x0 to s and then s to t is noising x0 to t. Phased DMD
+        (arXiv:2510.27684 sec. 3) re-noises its intermediate samples x_s with it."""
+        t, s = torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)
+        if bool((t < s).any()):
+            raise ValueError("transition(t, s) needs t >= s (noising only adds noise); got t < s")
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = self.alpha_sigma(t), self.alpha_sigma(s)
+        alpha_ts = alpha_t / alpha_s
+        return alpha_ts, (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp_min(0).sqrt()
+
+    def add_noise_from(self, x_s: Tensor, eps: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """``x_t = alpha_{t|s} x_s + sigma_{t|s} eps``: a sample at time ``s`` noised further to ``t`` (t >= s).
+        Shapes: x_s, eps [B, ...]; t, s [B] (or broadcastable)."""
+        alpha, sigma = (_expand(c, x_s) for c in self.transition(t, s))
+        return (alpha * x_s.double() + sigma * eps.double()).to(x_s.dtype)
+
+    def subinterval_target(self, kind: Kind, x_s: Tensor, eps: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """The score-matching target of a ``kind``-predicting network on ``x_t = add_noise_from(x_s, eps, t, s)``
+        when only x_s (not x0) is known, in the stable form of Phased DMD (arXiv:2510.27684 eq. 11-13): returns
+        ``(sigma_{t|s} * target, sigma_{t|s})``.
+
+        The denoising-score-matching target of grad log p_t(x_t) given x_s is ``-eps / sigma_{t|s}``; read through
+        the network's parameterisation it is eps_hat = sigma_t eps / sigma_{t|s} and
+        x0_hat = x_s / alpha_s - alpha_t sigma_s^2 eps / (alpha_s^2 sigma_{t|s}) (eq. 12; for flow eq. 11:
+        (alpha_s^2 sigma_t + alpha_t sigma_s^2) / (alpha_s^2 sigma_{t|s}) eps - x_s / alpha_s), which at s = 0 is
+        the plain target. Both blow up as t -> s, so the target is returned multiplied by sigma_{t|s} (finite; eq. 13);
+        a loss compares it with ``sigma_{t|s} * prediction``. Shapes: x_s, eps [B, ...]; t, s [B]."""
+        _check_kind(kind)
+        alpha_t, sigma_t = (_expand(c, x_s) for c in self.alpha_sigma(t))
+        alpha_s, sigma_s = (_expand(c, x_s) for c in self.alpha_sigma(s))
+        sigma_ts = _expand(self.transition(t, s)[1], x_s)
+        x, e = x_s.double(), eps.double()
+        scaled_x0 = sigma_ts * x / alpha_s - alpha_t * sigma_s**2 / alpha_s**2 * e
+        scaled_eps = sigma_t * e
+        scaled = _from_x0_eps(scaled_x0, scaled_eps, alpha_t, sigma_t, kind)    # linear in (x0, eps)
+        return scaled.to(x_s.dtype), self.transition(t, s)[1]
+
     def ddim_step(self, x_t: Tensor, x0: Tensor, eps: Tensor, t_next: Tensor) -> Tensor:
         """Deterministic step to ``t_next`` keeping the predicted (x0, eps): DDIM with eta = 0 (Song et al. 2021).
 

@@ -65,22 +65,30 @@ def score(run: Path, n: int) -> dict[str, float]:
     return toy_report(samples, mixture)
 
 
-def summarise(row: str, runs: list[dict]) -> dict:
-    out = {"row": row, "seeds": [r["seed"] for r in runs], "train_seconds": round(statistics.mean(r["seconds"] for r in runs), 1),
-           "sliced_w2_floor": round(statistics.mean(r["sliced_w2_floor"] for r in runs), 3)}
-    for key in METRICS:
+LABELS = {"sliced_w2": "sliced W2 (floor)", "on_mode": "on-mode", "modes_covered": "modes covered",
+          "mode_weight_error": "mode-weight TV (floor)"}
+
+
+def summarise(row: str, runs: list[dict], metrics: tuple[str, ...] = METRICS) -> dict:
+    """Mean and [min, max] over seeds of each metric (and of its exact-draw floor where it has one)."""
+    out = {"row": row, "seeds": [r["seed"] for r in runs], "train_seconds": round(statistics.mean(r["seconds"] for r in runs), 1)}
+    for key in metrics:
         values = [r[key] for r in runs]
         out[key] = round(statistics.mean(values), 3)
         out[f"{key}_range"] = [round(min(values), 3), round(max(values), 3)]
+        if f"{key}_floor" in runs[0]:
+            out[f"{key}_floor"] = round(statistics.mean(r[f"{key}_floor"] for r in runs), 3)
     return out
 
 
-def markdown(rows: list[dict], n: int) -> str:
-    lines = [f"DMD2 ablations on the 2-D mixture: N = {n} samples per run, mean over seeds [min, max]", "",
-             "| row | seeds | sliced W2 (floor) | on-mode | modes covered | train time |", "|---|---:|---:|---:|---:|---:|"]
+def markdown(rows: list[dict], n: int, metrics: tuple[str, ...] = METRICS,
+             title: str = "DMD2 ablations on the 2-D mixture") -> str:
+    lines = [f"{title}: N = {n} samples per run, mean over seeds [min, max]", "",
+             "| row | seeds | " + " | ".join(LABELS[k] for k in metrics) + " | train time |",
+             "|---|---:|" + "---:|" * len(metrics) + "---:|"]
     for r in rows:
-        cells = [f"{r[k]:.3f} [{r[k + '_range'][0]:.3f}, {r[k + '_range'][1]:.3f}]" for k in METRICS]
-        cells[0] += f" ({r['sliced_w2_floor']:.3f})"
+        cells = [f"{r[k]:.3f} [{r[k + '_range'][0]:.3f}, {r[k + '_range'][1]:.3f}]"
+                 + (f" ({r[k + '_floor']:.3f})" if k + "_floor" in r else "") for k in metrics]
         lines.append(f"| {r['row']} | {len(r['seeds'])} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} s |")
     return "\n".join(lines) + "\n"
 

@@ -62,6 +62,22 @@ def ode_sample(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tenso
     raise AssertionError("unreachable")
 
 
+def euler_simulate(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tensor, k: int,
+                   cond: Cond | None = None) -> Tensor:
+    """x at step ``k`` of the deterministic ``ts`` rollout (the steps of :func:`ode_sample`), without gradients:
+    the backward simulation of a student that steps with Euler / DDIM between its times (Phased DMD,
+    arXiv:2510.27684 sec. 3; :func:`backward_simulate` is the re-noising counterpart). Shapes: noise [B, ...]."""
+    ts = _times(ts)
+    if not 0 <= k < len(ts):
+        raise ValueError(f"simulation step k={k} is outside 0..{len(ts) - 1} for {len(ts)} student steps")
+    x = noise
+    with torch.no_grad():
+        for i in range(k):
+            pred = model(x, _t_batch(ts[i], x), cond)
+            x = model.schedule.ddim_step(x, pred.x0, pred.eps, _t_batch(ts[i + 1], x))
+    return x
+
+
 def renoise(model: DiffusionModel, x0: Tensor, t: Tensor, generator: torch.Generator | None = None,
             eps: Tensor | None = None) -> Tensor:
     """Fresh-noise re-noising of a predicted x0 to time t (the multi-step student's transition). The noise is

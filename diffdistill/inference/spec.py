@@ -10,6 +10,8 @@ read it back with :meth:`SamplingSpec.from_export` and sample through :func:`dif
   trained on; other step counts are off its distribution.
 * ``guidance``: the standard-form CFG scale ``uncond + w (cond - uncond)``; 1 = none (students that distil a guided
   teacher bake the guidance in and sample at 1).
+* ``fixed``: the times of an ``ode``-sampled student are the ones it was trained on (Phased DMD's experts step with
+  Euler between their phase boundaries, arXiv:2510.27684 sec. 3); like ``few_step``, other step counts leave them.
 * ``chunk_frames``: video students that generate causally, chunk by chunk with a KV cache, each chunk on ``times``
   (inference/streaming.py; 0 = the whole sample at once).
 """
@@ -35,6 +37,7 @@ class SamplingSpec:
     spacing: Spacing = "trailing"          # the grid for another step count (ODE samplers)
     timesteps: tuple[int, ...] = ()        # the network's own timesteps for ``times`` (diffusers pipelines)
     chunk_frames: int = 0
+    fixed: bool = False
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -58,7 +61,7 @@ class SamplingSpec:
     @property
     def distilled(self) -> bool:
         """A student trained on its own fixed times (only those times are on its distribution)."""
-        return self.sampler == "few_step"
+        return self.sampler == "few_step" or self.fixed
 
     @property
     def nfe(self) -> int:
@@ -75,7 +78,7 @@ class SamplingSpec:
         spacing = info.get("spacing", "trailing")
         times = info.get("times") or [float(t) for t in schedule.step_grid(int(info.get("steps", 50)), spacing)]
         return cls(sampler, tuple(times), float(info.get("guidance", 1.0)), int(info.get("num_classes", 0)), spacing,
-                   tuple(info.get("timesteps", ())), int(info.get("chunk_frames", 0)))
+                   tuple(info.get("timesteps", ())), int(info.get("chunk_frames", 0)), bool(info.get("fixed", False)))
 
     def off_schedule(self, steps: int | None = None, sampler: Sampler | None = None) -> str | None:
         """Why ``steps`` / ``sampler`` would sample a distilled student off what it was trained for (None: they

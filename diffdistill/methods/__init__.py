@@ -9,6 +9,7 @@ from ..models.base import DiffusionModel
 from .base import Method, Role
 from .dmd2 import DMD2, DMD2Config
 from .ode_regression import ODERegression, ODERegressionConfig
+from .phased_dmd import PhasedDMD, PhasedDMDConfig
 from .self_forcing import SelfForcing, SelfForcingConfig
 from .teacher import Teacher, TeacherConfig
 
@@ -16,6 +17,8 @@ from .teacher import Teacher, TeacherConfig
 METHODS: dict[str, tuple[type, type[Method], str]] = {
     "teacher": (TeacherConfig, Teacher, "plain denoising / flow-matching training (builds teachers)"),
     "dmd2": (DMD2Config, DMD2, "DMD2: distribution matching + two time-scale updates + backward simulation"),
+    "phased_dmd": (PhasedDMDConfig, PhasedDMD, "Phased DMD: DMD per SNR phase, one expert and one fake score per "
+                   "phase, sub-interval score matching (arXiv:2510.27684)"),
     "ode_regression": (ODERegressionConfig, ODERegression, "ODE regression: a block-causal video student regressed "
                        "onto its teacher's ODE trajectories (the initialisation of self forcing)"),
     "self_forcing": (SelfForcingConfig, SelfForcing, "Self Forcing: a block-causal video student trained with DMD on "
@@ -36,6 +39,12 @@ def method_roles(spec: dict[str, Any] | Section) -> tuple[Role, ...]:
     """The roles a method declares for its config (known before any model is built)."""
     section = spec if isinstance(spec, Section) else Section(*method_config(spec))
     return METHODS[section.name][1].declare_roles(section.config)
+
+
+def method_class(spec: dict[str, Any] | Section) -> type[Method]:
+    """The method class a method section names."""
+    section = spec if isinstance(spec, Section) else Section(*method_config(spec))
+    return METHODS[section.name][1]
 
 
 def method_groups(spec: dict[str, Any] | Section) -> tuple[str, ...]:

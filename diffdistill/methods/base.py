@@ -64,6 +64,8 @@ class Method(nn.Module):
 
     groups: tuple[str, ...] = ()
     requires_ema: ClassVar[bool] = False       # True: the method reads its EMA (a consistency target), set ema_decay
+    partial_updates: ClassVar[bool] = False    # True: a step may leave parts of a group without gradients (DDP then
+                                               # looks for unused parameters; train/trainer.py make_accelerator)
 
     @classmethod
     def declare_roles(cls, cfg: Any) -> tuple[Role, ...]:

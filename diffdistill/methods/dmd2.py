@@ -65,18 +65,24 @@ class DMD2(Method):
         _validate(cfg)
         self.cfg, self.num_classes = cfg, num_classes
         self.teacher = freeze(teacher)
-        pretrained = getattr(getattr(student, "cfg", None), "pretrained", None)
-        if student is not None and len(cfg.student_times) > 1 and not pretrained:
-            warnings.warn("a multi-step DMD2 student with a network of its own (a `student:` section) must start from "
-                          "trained weights: from random weights its steps split the modes between them (the critic "
-                          "fits the mixture of all steps' outputs). Drop the `student:` section to copy the teacher, "
-                          "or give it `pretrained:`. See recipes/dmd2/toy_gmm2d_4step.yaml.", stacklevel=2)
-        self.student = student if student is not None else role_copy(teacher, cfg.student_lora)
-        self.critic = critic if critic is not None else role_copy(teacher, cfg.critic_lora)
         self.times = torch.tensor(cfg.student_times, dtype=torch.float64)
+        self.student, self.critic = self.make_roles(teacher, student, critic)
         self.gan = cfg.gan_student_weight > 0 or cfg.gan_critic_weight > 0
         if self.gan:        # before the trainer builds optimizers: the head trains with the critic's group
             attach_head(self.critic)
+
+    def make_roles(self, teacher: DiffusionModel, student: DiffusionModel | None,
+                   critic: DiffusionModel | None) -> tuple[DiffusionModel, DiffusionModel]:
+        """(student, critic): the recipe's networks, else copies of the teacher (full or LoRA); DMD2 initialises
+        both from the teacher. Subclasses shape the roles here (Phased DMD: one copy per phase)."""
+        pretrained = getattr(getattr(student, "cfg", None), "pretrained", None)
+        if student is not None and len(self.cfg.student_times) > 1 and not pretrained:
+            warnings.warn("a multi-step DMD2 student with a network of its own (a `student:` section) must start from "
+                          "trained weights: from random weights its steps split the modes between them (the critic "
+                          "fits the mixture of all steps' outputs). Drop the `student:` section to copy the teacher, "
+                          "or give it `pretrained:`. See recipes/dmd2/toy_gmm2d_4step.yaml.", stacklevel=3)
+        return (student if student is not None else role_copy(teacher, self.cfg.student_lora),
+                critic if critic is not None else role_copy(teacher, self.cfg.critic_lora))
 
     @classmethod
     def build(cls, cfg: DMD2Config, models: dict[str, DiffusionModel | None], num_classes: int) -> "DMD2":

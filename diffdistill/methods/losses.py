@@ -34,19 +34,40 @@ def denoising_loss(model: DiffusionModel, schedule: Schedule, x0: Tensor, t: Ten
     return F.mse_loss(pred.native.float(), target.float())
 
 
-def dmd_loss(x_gen: Tensor, real_x0: Tensor, fake_x0: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def subinterval_denoising_loss(model: DiffusionModel, schedule: Schedule, x_s: Tensor, s: Tensor, t: Tensor,
+                               cond: Cond | None = None, max_weight: float = 10.0) -> Tensor:
+    """Score matching on samples known only at an intermediate time ``s`` (Phased DMD's fake-score loss,
+    arXiv:2510.27684 eq. 13): x_t = alpha_{t|s} x_s + sigma_{t|s} eps, and the stable form
+    ``clamp(1 / sigma_{t|s}^2, max=max_weight) * || sigma_{t|s} pred - sigma_{t|s} target ||^2`` with the unbiased
+    target of schedule.subinterval_target (the naive target of plain denoising, e.g. eps - x_s for flow, is biased:
+    x_s is not the clean sample). At s = 0 the target is the plain one. Shapes: x_s [B, ...]; s, t [B] with t > s."""
+    eps = torch.randn_like(x_s)
+    x_t = schedule.add_noise_from(x_s, eps, t, s)
+    pred = model(x_t, t, cond)
+    scaled_target, sigma_ts = schedule.subinterval_target(pred.kind, x_s, eps, t, s)
+    shape = (-1, *([1] * (x_s.dim() - 1)))
+    weight = (1.0 / sigma_ts.square().clamp_min(1e-12)).clamp(max=max_weight).reshape(shape)
+    residual = sigma_ts.reshape(shape) * pred.native.double() - scaled_target.double()
+    return (weight * residual.square()).mean().float()
+
+
+def dmd_loss(x_gen: Tensor, real_x0: Tensor, fake_x0: Tensor,
+             weight: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Distribution-matching surrogate (DMD, Yin et al. 2024 eq. 7; DMD2 sec. 4.1).
 
     With p_real = x_gen - real_x0 and p_fake = x_gen - fake_x0, the gradient direction is
     g = (p_real - p_fake) / mean|p_real| with the normaliser PER SAMPLE (DMD2's code; FastVideo's batch-global mean
     differs), NaNs zeroed. The loss 0.5 * MSE(x_gen, stopgrad(x_gen - g)) has d loss / d x_gen proportional to g:
-    it moves x_gen toward the teacher's denoised estimate and away from the critic's. Shapes: all [B, ...].
+    it moves x_gen toward the teacher's denoised estimate and away from the critic's. ``weight`` [B] scales each
+    sample's direction (Phased DMD's sub-interval chain-rule factor 1 / alpha_s; None: 1). Shapes: all [B, ...].
     """
     with torch.no_grad():
         p_real, p_fake = (x_gen - real_x0).float(), (x_gen - fake_x0).float()
         dims = tuple(range(1, x_gen.dim()))
         norm = p_real.abs().mean(dim=dims, keepdim=True).clamp_min(1e-12)
         grad = torch.nan_to_num((p_real - p_fake) / norm)
+        if weight is not None:
+            grad = grad * weight.float().reshape(-1, *([1] * (x_gen.dim() - 1)))
         target = x_gen.float() - grad
     loss = 0.5 * F.mse_loss(x_gen.float(), target)
     return loss, {"dm_grad_norm": grad.flatten(1).norm(dim=1).mean()}

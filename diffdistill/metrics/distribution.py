@@ -27,22 +27,40 @@ def mode_coverage(samples: Tensor, means: Tensor, radius: float) -> tuple[float,
 
     Shapes: samples [N, D]; means [K, D].
     """
-    dist = torch.cdist(samples.double().cpu(), means.double().cpu())        # [N, K]
-    near, nearest = dist.min(dim=1)
-    on_mode = near <= radius
-    counts = torch.bincount(nearest[on_mode], minlength=means.shape[0]).double()
+    on_mode, counts = _mode_counts(samples, means, radius)
     return float(on_mode.double().mean()), float((counts >= 0.01 * samples.shape[0]).double().mean())
 
 
+def _mode_counts(samples: Tensor, means: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    """(which samples lie within ``radius`` of their nearest mode [N] bool, on-mode samples per mode [K])."""
+    dist = torch.cdist(samples.double().cpu(), means.double().cpu())        # [N, K]
+    near, nearest = dist.min(dim=1)
+    on_mode = near <= radius
+    return on_mode, torch.bincount(nearest[on_mode], minlength=means.shape[0]).double()
+
+
+def mode_weight_error(samples: Tensor, means: Tensor, weights: Tensor, radius: float) -> float:
+    """Total-variation distance between the share of on-mode samples at each mode and the mixture's mode weights
+    (0: the weights are kept; a student that drops or flattens unequal modes scores high). Shapes: samples [N, D];
+    means [K, D]; weights [K] summing to 1."""
+    _, counts = _mode_counts(samples, means, radius)
+    shares = counts / counts.sum().clamp_min(1.0)
+    return float(0.5 * (shares - weights.double().cpu()).abs().sum())
+
+
 def toy_report(samples: Tensor, mixture_cfg, n_reference: int | None = None, seed: int = 1) -> dict[str, float]:
-    """Benchmark B3 numbers for samples of a 2-D mixture: sliced W2 to exact samples, mode shares, and the
-    same distance between two exact draws (the noise floor at this sample size)."""
+    """Benchmark B3 numbers for samples of a 2-D mixture: sliced W2 to exact samples, mode shares, how far the
+    per-mode shares are from the mode weights, and the same two distances for an exact draw (the noise floor at this
+    sample size)."""
     from ..models.toy import GaussianMixture
 
     mixture = GaussianMixture(mixture_cfg)
     n = n_reference or samples.shape[0]
     gen = torch.Generator().manual_seed(seed)
     real, real2 = mixture.sample_data(n, generator=gen), mixture.sample_data(n, generator=gen)
-    on_mode, covered = mode_coverage(samples, mixture.means, radius=4 * mixture_cfg.std)
+    radius = 4 * mixture_cfg.std
+    on_mode, covered = mode_coverage(samples, mixture.means, radius)
     return {"sliced_w2": sliced_wasserstein(samples, real), "sliced_w2_floor": sliced_wasserstein(real2, real),
-            "on_mode": on_mode, "modes_covered": covered}
+            "on_mode": on_mode, "modes_covered": covered,
+            "mode_weight_error": mode_weight_error(samples, mixture.means, mixture.weights, radius),
+            "mode_weight_error_floor": mode_weight_error(real2, mixture.means, mixture.weights, radius)}

@@ -26,6 +26,7 @@ MODEL_KINDS: dict[str, tuple[str, str, str]] = {
     "mlp": ("diffdistill.models.toy", "MLPConfig", "MLPDenoiser"),
     "unet": ("diffdistill.models.diffusers", "UNetConfig", "DiffusersUNet"),
     "wan": ("diffdistill.models.diffusers", "WanConfig", "DiffusersWan"),
+    "experts": ("diffdistill.models.experts", "ExpertsConfig", "Experts"),
 }
 EXPORT_META = "diffdistill.json"
 WEIGHTS = "model.safetensors"
@@ -125,8 +126,9 @@ def load_model(directory: str | Path) -> DiffusionModel:
     directory = Path(directory)
     spec = dict(read_export_meta(directory)["model"])
     cfg_cls, cls = _entry(spec["kind"], "model")
-    if "pretrained" in {f.name for f in fields(cfg_cls)}:    # adapters load their diffusers folders from here
-        spec.update(pretrained=str(directory), config=None)
+    names = {f.name for f in fields(cfg_cls)}
+    if "pretrained" in names:    # adapters (and experts) load their own folders from here
+        spec.update(pretrained=str(directory), **({"config": None} if "config" in names else {}))
     model = build_model(spec)
     if (directory / WEIGHTS).is_file():
         weights = load_safetensors(directory / WEIGHTS, "rerun `diffdistill export RUN` to rewrite the export from the "

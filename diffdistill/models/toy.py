@@ -49,6 +49,7 @@ class MixtureConfig:
     radius: float = 2.0
     std: float = 0.1
     num_classes: int = 1                      # modes are assigned to classes round-robin
+    weights: list[float] = field(default_factory=list)   # mode probabilities (normalised); [] = equal
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
@@ -58,6 +59,11 @@ class MixtureConfig:
         if self.modes < 1 or self.num_classes < 1:
             raise ValueError(f"mixture: modes and num_classes must be >= 1, got modes={self.modes}, "
                              f"num_classes={self.num_classes}")
+        if self.weights and (len(self.weights) != self.modes or any(w <= 0 for w in self.weights)):
+            raise ValueError(f"mixture.weights needs {self.modes} positive values (one per mode), got {self.weights}")
+        if self.weights and self.num_classes > 1:
+            raise ValueError("mixture.weights is for unlabelled mixtures (num_classes: 1): labelled data draws its "
+                             "class uniformly, which unequal mode weights would contradict")
         if self.modes % self.num_classes:
             raise ValueError(f"mixture: modes={self.modes} is not a multiple of num_classes={self.num_classes}, so "
                              "the classes would hold different numbers of modes and labelled data would not follow "
@@ -67,6 +73,12 @@ class MixtureConfig:
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def mixture_weights(cfg: MixtureConfig) -> Tensor:
+    """Mode probabilities [K] in float64 (equal unless ``cfg.weights``)."""
+    w = torch.tensor(cfg.weights, dtype=torch.float64) if cfg.weights else torch.ones(cfg.modes, dtype=torch.float64)
+    return w / w.sum()
 
 
 def mixture_means(cfg: MixtureConfig) -> Tensor:
@@ -97,13 +109,14 @@ class GaussianMixture(DiffusionModel):
         self.register_buffer("means", mixture_means(self.cfg), persistent=False)           # [K, 2]
         self.register_buffer("stds", torch.full((self.cfg.modes,), self.cfg.std, dtype=torch.float64), persistent=False)
         self.register_buffer("classes", torch.arange(self.cfg.modes) % self.cfg.num_classes, persistent=False)
+        self.register_buffer("weights", mixture_weights(self.cfg), persistent=False)
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         alpha, sigma = (c[:, None] for c in self.schedule.alpha_sigma(t))                 # [B, 1]
         x = x_t.double()
         var = alpha**2 * self.stds**2 + sigma**2                                          # [B, K]
         diff = x[:, None, :] - alpha[:, :, None] * self.means                             # [B, K, 2]
-        logp = -0.5 * (diff**2).sum(-1) / var - var.log()                                 # 2-D: log det = 2 log sd
+        logp = -0.5 * (diff**2).sum(-1) / var - var.log() + self.weights.log()            # 2-D: log det = 2 log sd
         logp = logp + self._class_mask(cond, x.shape[0])
         resp = logp.softmax(dim=1)                                                        # [B, K]
         gain = (alpha * self.stds**2 / var)[:, :, None]                                   # [B, K, 1]
@@ -119,7 +132,9 @@ class GaussianMixture(DiffusionModel):
 
     def sample_data(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Exact samples from the mixture (or from the components of ``labels``), [n, 2] float32."""
-        if labels is None:
+        if labels is None and self.cfg.weights:
+            comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        elif labels is None:        # equal weights: the same draws as before weights existed (committed results)
             comp = torch.randint(self.cfg.modes, (n,), generator=generator)
         else:   # draw uniformly among the components of each sample's class
             per_class = self.cfg.modes // self.cfg.num_classes

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
@@ -113,7 +113,7 @@ class LaunchError(ValueError):
     """The processes a launcher started did not form one distributed job."""
 
 
-def make_accelerator(cfg: TrainerConfig, run_dir: Path) -> Accelerator:
+def make_accelerator(cfg: TrainerConfig, run_dir: Path, partial_updates: bool = False) -> Accelerator:
     """The run's Accelerator. Under a multi-process launcher (torchrun, ``accelerate launch``: WORLD_SIZE > 1) on a
     machine without a GPU, accelerate forms the gloo job only when asked for the CPU, so that is asked for here; a
     launch that still forms no job of WORLD_SIZE processes is refused, since each process would then train alone
@@ -122,12 +122,17 @@ def make_accelerator(cfg: TrainerConfig, run_dir: Path) -> Accelerator:
     ``step_scheduler_with_optimizer=False``: accelerate otherwise steps a prepared LR scheduler once per process at
     every optimizer step (it assumes the per-process batch shrinks as processes are added), so warm-up would end
     ``num_processes`` times sooner; here each process keeps its own batch and the LR at step k does not depend on
-    the number of processes."""
+    the number of processes.
+
+    ``partial_updates`` (``Method.partial_updates``): a step leaves some parameters of a group without gradients (Phased
+    DMD trains one expert of its student at a time), so DDP must look for unused parameters or it stops at the next
+    step waiting for their gradients."""
     trackers = [t for t in cfg.log_with if t]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cpu = cfg.cpu or (world > 1 and not torch.cuda.is_available())
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, log_with=trackers or None,
-                              project_dir=str(run_dir), step_scheduler_with_optimizer=False)
+                              project_dir=str(run_dir), step_scheduler_with_optimizer=False,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=partial_updates)])
     if accelerator.num_processes != world:
         raise LaunchError(f"launched as {world} processes (WORLD_SIZE={world}) but accelerate formed a job of "
                           f"{accelerator.num_processes}; each process would train alone into {str(run_dir)!r}. Launch "
