@@ -88,3 +88,28 @@ def test_a_launch_that_forms_no_job_is_refused(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "error:" in out.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_phased_dmd_trains_one_expert_at_a_time_under_ddp(tmp_path):
+    """Phased DMD leaves the other phases' experts and fakes without gradients at every step: under DDP the run
+    must look for unused parameters (Method.partial_updates), or the second step stops waiting for their gradients.
+    Two ranks through both phases, weights identical on both ranks at the end."""
+    recipe = tmp_path / "phased.yaml"
+    recipe.write_text(
+        "model: {kind: mlp, hidden: 32, prediction: flow, schedule: {kind: flow, shift: 3.0}}\n"
+        "method: {name: phased_dmd, student_times: [1.0, 0.9, 0.75, 0.5], phases: 2, phase_steps: 3, guidance: 1.0,"
+        " student_every: 1}\n"
+        "data: {name: toy_gmm}\n"
+        "trainer: {max_steps: 6, batch_size: 16, log_every: 1, checkpoint_every: 6, sample_every: 0,"
+        " preview_count: 16, optimizers: {student: {lr: 1.0e-3}, critic: {lr: 1.0e-3}}}\n"
+        f"output_dir: {tmp_path / 'run'}\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
+           "-m", "diffdistill.cli", "train", str(recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=HERE.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["student/phase"] for r in rows] == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    export = load_model(tmp_path / "run" / "export")
+    assert len(export.experts) == 2

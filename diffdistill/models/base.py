@@ -11,7 +11,7 @@ Images are [B, C, H, W], video [B, T, C, H, W], points [B, 2]; ``t`` is [B].
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -64,20 +64,27 @@ def as_cond(cond: Cond | None) -> Cond:
     return Cond() if cond is None else cond
 
 
+@dataclass(eq=False)
 class Prediction:
     """A network output that knows its native kind and converts on demand through the model's schedule.
 
     ``pred.x0``, ``pred.eps``, ``pred.v``, ``pred.flow`` all have the shape of ``x_t``; conversions run in float64
     (see :mod:`diffdistill.schedule`). ``pred.native`` is the raw network output.
+
+    A dataclass so that DDP finds the output tensors of a prepared role when it looks for unused parameters
+    (``Method.partial_updates``; torch's ``_find_tensors`` reads tensors, containers and dataclasses only).
     """
 
-    __slots__ = ("native", "kind", "x_t", "t", "schedule", "logits", "_cache")
+    native: Tensor
+    kind: Kind
+    x_t: Tensor
+    t: Tensor
+    schedule: Schedule
+    logits: Tensor | None = None          # [B] discriminator logits when a GAN head is attached (models/heads.py)
+    _cache: dict[str, Tensor] = field(init=False, repr=False)
 
-    def __init__(self, native: Tensor, kind: Kind, x_t: Tensor, t: Tensor, schedule: Schedule,
-                 logits: Tensor | None = None) -> None:
-        self.native, self.kind, self.x_t, self.t, self.schedule = native, kind, x_t, t, schedule
-        self.logits = logits              # [B] discriminator logits when a GAN head is attached (models/heads.py)
-        self._cache: dict[str, Tensor] = {kind: native}
+    def __post_init__(self) -> None:
+        self._cache = {self.kind: self.native}
 
     def as_kind(self, kind: Kind) -> Tensor:
         if kind not in self._cache:
