@@ -233,3 +233,16 @@ def test_weighted_mixture_draws_and_denoises_with_its_weights():
         MixtureConfig(modes=4, weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="unlabelled"):
         MixtureConfig(modes=4, num_classes=2, weights=weights)
+
+
+def test_euler_backward_simulation_is_the_ode_samplers_rollout():
+    """The no-grad rollout Phased DMD trains on is exactly the sampler its export is sampled with (ode_sample)."""
+    from diffdistill.inference.sampling import backward_simulate, ode_sample
+
+    model, noise = mlp(3, prediction="flow"), torch.randn(5, 2)
+    steps = []
+    final = ode_sample(model, noise, TIMES, callback=lambda i, x, x0: steps.append(x))
+    for k in range(len(TIMES)):
+        torch.testing.assert_close(backward_simulate(model, noise, TIMES, k, euler=True), steps[k])
+    last = backward_simulate(model, noise, TIMES, len(TIMES) - 1, euler=True)
+    torch.testing.assert_close(model(last, torch.full((5,), TIMES[-1])).x0, final)

@@ -62,22 +62,6 @@ def ode_sample(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tenso
     raise AssertionError("unreachable")
 
 
-def euler_simulate(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tensor, k: int,
-                   cond: Cond | None = None) -> Tensor:
-    """x at step ``k`` of the deterministic ``ts`` rollout (the steps of :func:`ode_sample`), without gradients:
-    the backward simulation of a student that steps with Euler / DDIM between its times (Phased DMD,
-    arXiv:2510.27684 sec. 3; :func:`backward_simulate` is the re-noising counterpart). Shapes: noise [B, ...]."""
-    ts = _times(ts)
-    if not 0 <= k < len(ts):
-        raise ValueError(f"simulation step k={k} is outside 0..{len(ts) - 1} for {len(ts)} student steps")
-    x = noise
-    with torch.no_grad():
-        for i in range(k):
-            pred = model(x, _t_batch(ts[i], x), cond)
-            x = model.schedule.ddim_step(x, pred.x0, pred.eps, _t_batch(ts[i + 1], x))
-    return x
-
-
 def renoise(model: DiffusionModel, x0: Tensor, t: Tensor, generator: torch.Generator | None = None,
             eps: Tensor | None = None) -> Tensor:
     """Fresh-noise re-noising of a predicted x0 to time t (the multi-step student's transition). The noise is
@@ -89,11 +73,13 @@ def renoise(model: DiffusionModel, x0: Tensor, t: Tensor, generator: torch.Gener
 
 def backward_simulate(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tensor, k: int,
                       cond: Cond | None = None, generator: torch.Generator | None = None,
-                      fresh_noise: FreshNoise | None = None) -> Tensor:
+                      fresh_noise: FreshNoise | None = None, euler: bool = False) -> Tensor:
     """The student's input at step ``k`` of its own ``ts`` rollout, without gradients (DMD2 sec. 4.5).
 
     k = 0 returns ``noise`` itself (pure noise at ts[0]); for k > 0 the student runs steps 0..k-1 from that noise,
-    re-noising each x0 prediction with fresh noise to the next time. Shapes: noise [B, ...] -> [B, ...].
+    re-noising each x0 prediction with fresh noise to the next time, or with ``euler`` stepping deterministically
+    like :func:`ode_sample` (a student that moves with Euler / DDIM between its times: Phased DMD, arXiv:2510.27684
+    sec. 3). Shapes: noise [B, ...] -> [B, ...].
     """
     ts = _times(ts)
     if not 0 <= k < len(ts):
@@ -101,8 +87,11 @@ def backward_simulate(model: DiffusionModel, noise: Tensor, ts: Sequence[float] 
     x = noise
     with torch.no_grad():
         for i in range(k):
-            x0 = model(x, _t_batch(ts[i], x), cond).x0
-            x = renoise(model, x0, ts[i + 1], generator, fresh_noise(i) if fresh_noise is not None else None)
+            pred = model(x, _t_batch(ts[i], x), cond)
+            if euler:
+                x = model.schedule.ddim_step(x, pred.x0, pred.eps, _t_batch(ts[i + 1], x))
+            else:
+                x = renoise(model, pred.x0, ts[i + 1], generator, fresh_noise(i) if fresh_noise is not None else None)
     return x
 
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..data import Batch
-from ..inference.sampling import euler_simulate, ode_sample
+from ..inference.sampling import backward_simulate, ode_sample
 from ..inference.spec import SamplingSpec
 from ..models.base import DiffusionModel, guided, role_copy
 from ..models.experts import Experts
@@ -102,7 +102,7 @@ class PhasedDMD(DMD2):
         """x_{t_k} of the current phase from the student's own rollout, through one exit step with grad."""
         first, last = self._plan.step_range(self.phase)
         j = first + (int(shared_randint(0, last - first, device=batch.x0.device)) if last - first > 1 else 0)
-        x_j = euler_simulate(self.student, torch.randn_like(batch.x0), self.times, j, batch.cond)
+        x_j = backward_simulate(self.student, torch.randn_like(batch.x0), self.times, j, batch.cond, euler=True)
         with torch.set_grad_enabled(with_grad):
             pred = self.student(x_j, self._t(self.times[j], x_j), batch.cond)
             end = self._plan.end_times[self.phase]
