@@ -26,7 +26,12 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "phased_dmd" / "wan22
 
 @pytest.mark.slow
 def test_the_wan22_recipe_trains_both_phases_and_exports_a_wan22_pipeline(tmp_path):
-    from diffusers import WanPipeline, WanTransformer3DModel
+    from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    from diffdistill.inference.generate import generate
+    from diffdistill.inference.noise import SampleNoise
+    from diffdistill.inference.side_by_side import PromptConditioner
+    from diffdistill.inference.spec import SamplingSpec
 
     pipe = tiny_wan_pipeline(shift=5.0)
     folder = save_pipeline(pipe, tmp_path / "wan22")
@@ -60,10 +65,22 @@ def test_the_wan22_recipe_trains_both_phases_and_exports_a_wan22_pipeline(tmp_pa
     for mine, theirs in zip(ours.experts, (high, low)):        # LoRA merged: plain diffusers weights
         for (name, a), b in zip(mine.transformer.state_dict().items(), theirs.state_dict().values()):
             torch.testing.assert_close(a, b, msg=name)
-    stock = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
-                        scheduler=pipe.scheduler, transformer=high, transformer_2=low,
-                        boundary_ratio=index["boundary_ratio"])
+    # the stock pipeline with the export's scheduler (UniPC, order 1: Euler on the flow grid 999/937/833/625) gives
+    # our 4-step sample from the same noise and prompt, up to the grid's rounding (its first step is fed timestep
+    # 999, ours 1000; its sigmas differ from the recipe's times by < 1e-3)
+    scheduler = UniPCMultistepScheduler.from_pretrained(export, subfolder="scheduler")
+    stock = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, scheduler=scheduler,
+                        transformer=high, transformer_2=low, boundary_ratio=index["boundary_ratio"])
     stock.set_progress_bar_config(disable=True)
-    video = stock("a square", num_frames=21, height=16, width=16, num_inference_steps=4, guidance_scale=1.0,
-                  output_type="latent").frames
-    assert video.shape == (1, 16, 6, 2, 2) and torch.isfinite(video).all()
+    spec = SamplingSpec.from_dict(meta["sampling"], ours.schedule)
+    conditioner = PromptConditioner(folder, torch.device("cpu"))
+    text, uncond = conditioner.conds_many(["a square"], ours.data_shape)
+    mine, _, _ = generate(ours.eval(), spec, 1, 5, text=text, uncond=uncond, progress=False)   # [1, T, C, H, W]
+    noise = SampleNoise(5, ours.data_shape).initial([0]).permute(0, 2, 1, 3, 4)
+    theirs = stock(prompt="a square", negative_prompt="", latents=noise, num_frames=21, height=16, width=16,
+                   num_inference_steps=4, guidance_scale=1.0, output_type="latent").frames          # [1, C, T, H, W]
+    grid = UniPCMultistepScheduler.from_pretrained(export, subfolder="scheduler")
+    grid.set_timesteps(4)
+    assert grid.sigmas[:4].tolist() == pytest.approx(spec.times, abs=1e-3)
+    gap = (theirs.permute(0, 2, 1, 3, 4) - mine).abs().max() / mine.abs().max()
+    assert gap < 0.02, f"stock WanPipeline differs from our sampler by {gap:.3g} of the sample's range"

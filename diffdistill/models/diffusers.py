@@ -213,6 +213,15 @@ class _DiffusersAdapter(DiffusionModel):
         s = self.schedule_cfg
         if s is None:       # not expressible as a ScheduleConfig: keep the teacher's scheduler config verbatim
             out = dict(self._scheduler_source or {})
+        elif s.kind == "flow" and sampling.get("fixed"):
+            # a student that steps with Euler on its own fixed times (Phased DMD): a stock pipeline calls
+            # set_timesteps(n), and UniPC's flow grid at n steps is shift(1 - linspace(1, 1/N, n + 1)) (Wan's
+            # 1000/750/500/250 warped by the shift at n = 4: 999, 937, 833, 625); at order 1 without its corrector
+            # UniPC's step is DDIM in x0, i.e. Euler for rectified flow. Students trained on that grid sample alike.
+            steps = int(sampling.get("steps", len(sampling.get("times", ())) or 1))
+            out = {"_class_name": "UniPCMultistepScheduler", "num_train_timesteps": s.num_train_timesteps,
+                   "use_flow_sigmas": True, "flow_shift": s.shift, "prediction_type": "flow_prediction",
+                   "solver_order": 1, "lower_order_final": True, "disable_corrector": list(range(steps))}
         elif s.kind == "flow":
             out = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": s.num_train_timesteps,
                    "shift": s.shift, "use_dynamic_shifting": False}
