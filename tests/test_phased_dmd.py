@@ -246,3 +246,14 @@ def test_euler_backward_simulation_is_the_ode_samplers_rollout():
         torch.testing.assert_close(backward_simulate(model, noise, TIMES, k, euler=True), steps[k])
     last = backward_simulate(model, noise, TIMES, len(TIMES) - 1, euler=True)
     torch.testing.assert_close(model(last, torch.full((5,), TIMES[-1])).x0, final)
+
+
+def test_a_two_expert_teacher_gives_each_phase_its_expert_and_refuses_phases_across_its_switch():
+    teacher = Experts([mlp(10), mlp(11)], boundaries=[0.6])       # Wan2.2-like: high-noise / low-noise
+    m = phased(phases=2, phase_steps=3, teacher=teacher, boundaries=[0.6])
+    for k, expert in enumerate(m.role("student").experts):        # copies of the expert that covers the phase
+        for a, b in zip(expert.parameters(), teacher.experts[k].parameters()):
+            assert torch.equal(a, b) and a is not b
+    assert len(m.role("critic").experts[0].experts) == 2          # each fake: the whole two-expert teacher
+    with pytest.raises(ValueError, match="straddle the teacher's expert switch"):
+        phased(phases=2, phase_steps=3, teacher=Experts([mlp(10), mlp(11)], boundaries=[0.8]))

@@ -80,14 +80,24 @@ class PhasedDMD(DMD2):
                    critic: DiffusionModel | None) -> tuple[DiffusionModel, DiffusionModel]:
         plan = self._plan
         if isinstance(teacher, Experts) and student is None:    # each phase from the teacher expert that covers it
-            experts = [role_copy(teacher.experts[int(teacher.expert_index(torch.tensor(t)))], self.cfg.student_lora)
-                       for t in plan.start_times]
+            experts = [role_copy(teacher.experts[self._teacher_expert(teacher, k)], self.cfg.student_lora)
+                       for k in range(plan.count)]
         else:
             base = super().make_roles(teacher, student, critic)[0]
             experts = [base] + [copy.deepcopy(base) for _ in range(plan.count - 1)]
         fake = critic if critic is not None else role_copy(teacher, self.cfg.critic_lora)
         fakes = Experts([fake] + [copy.deepcopy(fake) for _ in range(plan.count - 1)], plan.boundaries)
         return Experts(experts, plan.boundaries), fakes
+
+    def _teacher_expert(self, teacher: Experts, phase: int) -> int:
+        """The teacher expert whose band holds all of ``phase``'s times (its student expert starts as its copy)."""
+        first, last = self._plan.step_range(phase)
+        owners = teacher.expert_index(self.times[first:last]).unique().tolist()
+        if len(owners) != 1:
+            raise ValueError(f"phase {phase}'s times {[round(float(t), 4) for t in self.times[first:last]]} straddle "
+                             f"the teacher's expert switch at {teacher.boundaries}: align the phases with it (e.g. "
+                             f"method.boundaries: {teacher.boundaries} and phases whose steps fall on one side each)")
+        return int(owners[0])
 
     # ------------------------------------------------------------------ phases
     def phase_of(self, step: int) -> int:
