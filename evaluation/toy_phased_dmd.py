@@ -4,6 +4,7 @@ student updates (one per 5 critic updates) and times, several seeds each.
 
     python evaluation/toy_phased_dmd.py                    # all rows, seeds 0 1 2
     python evaluation/toy_phased_dmd.py --rows phased_2 --seeds 0
+    python evaluation/toy_phased_dmd.py --steps 8000 --runs runs/toy-phased-dmd-8k --name phased_dmd_vs_dmd2_8000steps
 
 Rows: teacher (50 Euler steps, the reference), dmd2_4step (recipes/dmd2/toy_gmm2d_weighted_4step.yaml),
 phased_2 / phased_4 (recipes/phased_dmd/toy_gmm2d_{2,4}phase.yaml). Every student starts from the same MLP teacher
@@ -31,11 +32,19 @@ from diffdistill.inference.spec import SamplingSpec  # noqa: E402
 from diffdistill.models.toy import mixture_means, mixture_weights  # noqa: E402
 
 TEACHER = ("recipes/toy/teacher_gmm2d_weighted.yaml", Path("runs/toy-teacher-weighted"))
-ROWS: dict[str, str] = {
-    "dmd2_4step": "recipes/dmd2/toy_gmm2d_weighted_4step.yaml",
-    "phased_2": "recipes/phased_dmd/toy_gmm2d_2phase.yaml",
-    "phased_4": "recipes/phased_dmd/toy_gmm2d_4phase.yaml",
+ROWS: dict[str, tuple[str, int]] = {         # row -> (recipe, phases; 0 for DMD2)
+    "dmd2_4step": ("recipes/dmd2/toy_gmm2d_weighted_4step.yaml", 0),
+    "phased_2": ("recipes/phased_dmd/toy_gmm2d_2phase.yaml", 2),
+    "phased_4": ("recipes/phased_dmd/toy_gmm2d_4phase.yaml", 4),
 }
+
+
+def budget(row: str, steps: int | None) -> list[str]:
+    """Overrides for a training budget of ``steps`` trainer steps (the phases split it evenly); none: the recipe's."""
+    if steps is None:
+        return []
+    phases = ROWS[row][1]
+    return [f"trainer.max_steps={steps}"] + ([f"method.phase_steps={steps // phases}"] if phases else [])
 METRICS = ("sliced_w2", "modes_covered", "mode_weight_error")
 
 
@@ -65,6 +74,7 @@ def main() -> None:
     p.add_argument("--rows", nargs="+", default=["teacher", *ROWS], choices=["teacher", *ROWS])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--n", type=int, default=4000, help="samples per run for the scores")
+    p.add_argument("--steps", type=int, default=None, help="trainer steps per run (default: the recipes' 2000)")
     p.add_argument("--runs", default="runs/toy-phased-dmd")
     p.add_argument("--name", default="phased_dmd_vs_dmd2")
     p.add_argument("--out", default="evaluation/results/toy/phased_dmd")
@@ -80,15 +90,17 @@ def main() -> None:
                 run, seconds = TEACHER[1], teacher_seconds
             else:
                 run = Path(args.runs) / f"{row}-s{seed}"
-                seconds = train(ROWS[row], [f"trainer.seed={seed}", f"output_dir={run}"])
+                seconds = train(ROWS[row][0], [*budget(row, args.steps), f"trainer.seed={seed}", f"output_dir={run}"])
             runs.append({"seed": seed, "seconds": seconds, **score(run, args.n)})
             seed0.setdefault(row, run)
             print(f"  {row} seed {seed}: " + ", ".join(f"{k} {runs[-1][k]:.3f}" for k in METRICS), flush=True)
         summary.append(summarise(row, runs, METRICS) | {"runs": runs})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"n": args.n, "rows": summary}, indent=2))
-    table = markdown(summary, args.n, METRICS, "Phased DMD vs DMD2, four steps, unequal mode weights")
+    (out / f"{args.name}.json").write_text(json.dumps({"n": args.n, "steps": args.steps or 2000, "rows": summary},
+                                                       indent=2))
+    table = markdown(summary, args.n, METRICS, f"Phased DMD vs DMD2, four steps, unequal mode weights, "
+                     f"{args.steps or 2000} trainer steps")
     (out / f"{args.name}.md").write_text(table)
     plot(seed0, args.n, out / f"{args.name}.png")
     print(table)
