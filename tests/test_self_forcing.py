@@ -3,6 +3,8 @@ tests (the training rollout IS the inference sampler; the context is the student
 every chunk) and an end-to-end run of the shipped B2 recipe with the tiny teacher swapped in."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ pytest.importorskip("diffusers")
 from tiny_diffusers import tiny_wan_config  # noqa: E402
 
 from diffdistill.data import Batch  # noqa: E402
+from diffdistill.inference.spec import SamplingSpec  # noqa: E402
 from diffdistill.inference.streaming import causal_sample  # noqa: E402
 from diffdistill.methods import build_method  # noqa: E402
 from diffdistill.methods import self_forcing as sf  # noqa: E402
@@ -194,3 +197,30 @@ def test_two_processes_share_each_exit_step_and_keep_identical_students(tmp_path
     r0, r1 = (json.loads((tmp_path / f"sf-rank{r}.json").read_text()) for r in (0, 1))
     assert r0["exits"] == r1["exits"] and len(r0["exits"]) == 6        # 3 steps x (student + critic rollout)
     assert r0["weights"] == pytest.approx(r1["weights"], rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_causal_bench_scores_streams_and_rolls_past_the_trained_length(tmp_path):
+    """evaluation/video/causal_bench.py on tiny exports at the evaluator's clip size (8 frames of 32 px): both rows
+    scored, a speed ratio and first-chunk latency, and per-frame scores at every frame index of the 8- and 16-frame
+    streams (the rolling cache keeps the trained 4 chunks)."""
+    teacher = tiny_teacher(frames=8, size=32)
+    save_model(teacher, tmp_path / "teacher", {"sampling": SamplingSpec("ode", (1.0, 0.5), 3.0, 10).to_dict()})
+    student = tiny_teacher(frames=8, size=32).make_causal(2)
+    spec = SamplingSpec("few_step", tuple(TIMES), 1.0, 10, chunk_frames=2)
+    save_model(student, tmp_path / "student", {"sampling": spec.to_dict()})
+    out = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "evaluation/video/causal_bench.py", str(tmp_path / "student"), "--teacher",
+                           str(tmp_path / "teacher"), "--teacher-steps", "2", "--n", "20", "--time-n", "4",
+                           "--repeats", "1", "--lengths", "16", "--batch", "10", "--out", str(out), "--name", "tiny"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "tiny.json").read_text())
+    teacher_row, student_row = result["rows"]
+    assert (teacher_row["model"], teacher_row["nfe"], student_row["nfe"]) == ("teacher", 4, 4)
+    assert result["speed_ratio"] > 0 and 0 < result["first_chunk_s"] <= result["whole_clip_s"]
+    drift = result["drift"]
+    assert drift["window_chunks"] == 4 and sorted(drift["lengths"]) == ["16", "8"]
+    assert [f["frame"] for f in drift["lengths"]["16"]] == list(range(16))
+    assert all(f["fid"] >= 0 and 0 <= f["class_accuracy"] <= 1 for f in drift["lengths"]["16"])
+    assert (out / "tiny_drift.png").is_file() and (out / "tiny_16frames.gif").is_file()
