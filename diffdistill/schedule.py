@@ -220,12 +220,13 @@ class Schedule:
         _check_kind(kind)
         alpha_t, sigma_t = (_expand(c, x_s) for c in self.alpha_sigma(t))
         alpha_s, sigma_s = (_expand(c, x_s) for c in self.alpha_sigma(s))
-        sigma_ts = _expand(self.transition(t, s)[1], x_s)
+        sigma_flat = self.transition(t, s)[1]
+        sigma_ts = _expand(sigma_flat, x_s)
         x, e = x_s.double(), eps.double()
         scaled_x0 = sigma_ts * x / alpha_s - alpha_t * sigma_s**2 / alpha_s**2 * e
         scaled_eps = sigma_t * e
         scaled = _from_x0_eps(scaled_x0, scaled_eps, alpha_t, sigma_t, kind)    # linear in (x0, eps)
-        return scaled.to(x_s.dtype), self.transition(t, s)[1]
+        return scaled.to(x_s.dtype), sigma_flat
 
     def ddim_step(self, x_t: Tensor, x0: Tensor, eps: Tensor, t_next: Tensor) -> Tensor:
         """Deterministic step to ``t_next`` keeping the predicted (x0, eps): DDIM with eta = 0 (Song et al. 2021).
