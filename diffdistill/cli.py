@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--guidance", type=float, default=None, help="standard-form CFG scale (1 = none)")
     s.add_argument("--sampler", choices=SAMPLERS, default=None)
+    s.add_argument("--eta", type=float, default=None,
+                   help="tcd sampler: stochasticity in [0, 1] (0 = deterministic; default: the export's)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="text models (SD1.5, SDXL): a prompt; repeat for several (samples cycle through them)")
@@ -300,7 +302,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"{str(directory)!r} is a text-conditioned model: pass --prompt TEXT (repeatable) or "
                          "--prompts-file FILE (one prompt per line)")
     model = load_model(directory).eval()
-    plan = user_spec(directory, model, args.steps, args.sampler, args.guidance, args.off_schedule)
+    plan = user_spec(directory, model, args.steps, args.sampler, args.guidance, args.off_schedule, args.eta)
     text = uncond = conditioner = None
     if text_model:
         conditioner = _prompt_conditioner(args.pipeline, meta, directory)

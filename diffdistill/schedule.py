@@ -36,7 +36,8 @@ from torch import Tensor
 Kind = Literal["x0", "eps", "v", "flow"]
 KINDS: tuple[Kind, ...] = ("x0", "eps", "v", "flow")
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
-Spacing = Literal["leading", "trailing", "linspace"]
+Spacing = Literal["leading", "trailing", "linspace", "tcd"]
+TCD_ORIGINAL_STEPS = 50       # diffusers' TCDScheduler default ``original_inference_steps`` (its coarse grid)
 
 
 def make_betas(kind: BetaSchedule, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
@@ -244,10 +245,16 @@ class Schedule:
         VP grids reproduce diffusers' integer ``timestep_spacing`` rules (``leading`` with ``steps_offset``,
         ``trailing``, ``linspace``). Flow grids reproduce ``FlowMatchEulerDiscreteScheduler.set_timesteps``:
         ``shift(linspace(1, shift(1/N), n))`` (diffusers shifts the last point twice; we keep that for agreement).
+
+        ``tcd`` is ``TCDScheduler.set_timesteps`` (Zheng et al. 2024, arXiv:2402.19159): ``num_steps`` points picked
+        at evenly spaced indices from the coarse grid of TCD_ORIGINAL_STEPS times (VP: timesteps 19, 39, ..., 999;
+        flow: the same fractions of 1, shifted), so 1 step is t = 1, 2 steps 999/499, 4 steps 999/759/499/259.
         """
         n_train = self.num_train_timesteps
         if not 1 <= num_steps <= n_train:
             raise ValueError(f"num_steps must be in 1..{n_train}, got {num_steps}")
+        if spacing == "tcd":
+            return self._tcd_grid(num_steps)
         if self.kind == "flow":
             last = shift_t(1.0 / n_train, self.shift)
             return shift_t(torch.linspace(1.0, last, num_steps, dtype=torch.float64), self.shift)
@@ -258,8 +265,37 @@ class Schedule:
         elif spacing == "linspace":
             taus = torch.linspace(0, n_train - 1, num_steps, dtype=torch.float64).round().flip(0)
         else:
-            raise ValueError(f"unknown spacing {spacing!r}; choose leading, trailing or linspace")
+            raise ValueError(f"unknown spacing {spacing!r}; choose leading, trailing, linspace or tcd")
         return self.t_from_model_time(taus.clamp(0, n_train - 1))
+
+    def _tcd_grid(self, num_steps: int) -> Tensor:
+        original = TCD_ORIGINAL_STEPS
+        if num_steps > original:
+            raise ValueError(f"the TCD grid has {original} points; num_steps must be <= {original}, got {num_steps}")
+        picks = torch.floor(torch.linspace(0, original, num_steps + 1, dtype=torch.float64)[:-1]).long()
+        fractions = torch.arange(original, 0, -1, dtype=torch.float64)[picks] / original    # 1, ..., 1/original
+        if self.kind == "flow":
+            return shift_t(fractions, self.shift)
+        k = self.num_train_timesteps // original
+        return self.t_from_model_time(torch.round(fractions * original) * k - 1)
+
+    def warp(self, u: Tensor | float) -> Tensor:
+        """The time ``t`` of a uniform variable u in [0, 1]: flow schedules apply their shift (the teacher samples on
+        the shifted grid), VP tables none. Segment boundaries and training times of consistency methods are drawn
+        uniformly in u (Hyper-SD, arXiv:2404.13686 sec. 3.1). Float64."""
+        u = torch.as_tensor(u, dtype=torch.float64)
+        return shift_t(u, self.shift) if self.kind == "flow" else u
+
+    def tcd_time(self, t_next: Tensor, eta: float) -> Tensor:
+        """The intermediate time s = (1 - eta) t_next a TCD step lands on before it re-noises to t_next
+        (arXiv:2402.19159 sec. 4.3, "strategic stochastic sampling"; eta is its gamma). VP floors the integer
+        timestep as diffusers' TCDScheduler does, so our samples and a stock pipeline's agree. Float64."""
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"TCD eta (gamma) must lie in [0, 1], got {eta}")
+        t_next = torch.as_tensor(t_next, dtype=torch.float64)
+        if self.kind == "flow":
+            return (1.0 - eta) * t_next
+        return self.t_from_model_time(torch.floor((1.0 - eta) * torch.round(self.model_time(t_next))))
 
     def sample_t(self, n: int, *, sampler: Literal["uniform", "logit_normal"] = "uniform", t_min: float = 0.0,
                  t_max: float = 1.0, shifted: bool = False, logit_mean: float = 0.0, logit_std: float = 1.0,

@@ -20,7 +20,7 @@ def test_eval_demo_and_bench_draw_identical_samples_for_one_export_and_seed():
     from diffdistill.eval.sweep import sample_setting
 
     args = SimpleNamespace(checkpoint=str(STUDENT), device="cpu", steps=None, sampler=None, guidance=None, n=5,
-                           seed=7, batch_size=2, off_schedule=False)
+                           seed=7, batch_size=2, off_schedule=False, eta=None)
     evaluated, labels, info = sample_checkpoint(args)
     demo = SideBySide(str(STUDENT), None, "cpu").generate(Request(n=5, seed=7)).student
     model = load_model(STUDENT).eval()

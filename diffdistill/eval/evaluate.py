@@ -217,10 +217,12 @@ def sample_checkpoint(args) -> tuple[Tensor, Tensor | None, dict]:
 
     directory = find_export(args.checkpoint)
     model = load_model(directory).eval().to(args.device)
-    plan = user_spec(directory, model, args.steps, args.sampler, args.guidance, args.off_schedule)
+    plan = user_spec(directory, model, args.steps, args.sampler, args.guidance, args.off_schedule, args.eta)
     samples, labels, seconds = generate(model, plan, args.n, seed=args.seed, batch_size=args.batch_size)
     info = {"checkpoint": str(directory), "sampler": plan.sampler, "steps": plan.steps, "nfe": plan.nfe,
             "guidance": plan.guidance, "seed": args.seed, "sampling_seconds": round(seconds, 3)}
+    if plan.sampler == "tcd":
+        info["eta"] = plan.eta
     return samples.clamp(-1, 1), labels, info
 
 
@@ -295,6 +297,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--n", type=int, default=10_000, help="samples to draw from --checkpoint")
     e.add_argument("--steps", type=int, help="override the model's sampling steps")
     e.add_argument("--sampler", choices=SAMPLERS)
+    e.add_argument("--eta", type=float, default=None, help="tcd sampler: stochasticity in [0, 1] (default: the export's)")
     e.add_argument("--off-schedule", action="store_true",
                    help="allow --steps / --sampler other than a distilled student's own (it was not trained for them)")
     e.add_argument("--guidance", type=float)

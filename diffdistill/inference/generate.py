@@ -23,20 +23,21 @@ from tqdm.auto import tqdm
 from ..models.base import Cond, DiffusionModel, guided
 from ..models.registry import read_export_meta
 from .noise import SampleNoise
-from .sampling import few_step_sample, ode_sample
+from .sampling import few_step_sample, ode_sample, tcd_sample
 from .streaming import causal_sample, stream_chunks
 from .spec import Sampler, SamplingSpec
 
 
 def export_spec(directory: str | Path, model: DiffusionModel, steps: int | None = None,
-                sampler: Sampler | None = None, guidance: float | None = None) -> SamplingSpec:
+                sampler: Sampler | None = None, guidance: float | None = None,
+                eta: float | None = None) -> SamplingSpec:
     """The sampling spec an export records (``diffdistill.json``), with a user's overrides."""
     info = read_export_meta(directory).get("sampling", {})
-    return SamplingSpec.from_dict(info, model.schedule).override(model.schedule, steps, sampler, guidance)
+    return SamplingSpec.from_dict(info, model.schedule).override(model.schedule, steps, sampler, guidance, eta)
 
 
 def user_spec(directory: str | Path, model: DiffusionModel, steps: int | None, sampler: Sampler | None,
-              guidance: float | None, off_schedule: bool) -> SamplingSpec:
+              guidance: float | None, off_schedule: bool, eta: float | None = None) -> SamplingSpec:
     """:func:`export_spec` for a user's command-line choices: a distilled student sampled off the steps it was
     trained for is refused unless ``off_schedule`` (then warned on stderr)."""
     problem = export_spec(directory, model).off_schedule(steps, sampler)
@@ -44,7 +45,7 @@ def user_spec(directory: str | Path, model: DiffusionModel, steps: int | None, s
         raise ValueError(f"{problem}. Sample it as exported (drop --steps / --sampler), or pass --off-schedule")
     if problem:
         print(f"warning: {problem}", file=sys.stderr)
-    return export_spec(directory, model, steps, sampler, guidance)
+    return export_spec(directory, model, steps, sampler, guidance, eta)
 
 
 def class_labels(n: int, num_classes: int, first: int = 0) -> Tensor | None:
@@ -75,6 +76,8 @@ def run_spec(spec: SamplingSpec, net: DiffusionModel, noise: Tensor, cond: Cond 
                                                                          noise.device))
     if spec.sampler == "ode":
         return ode_sample(net, noise, times, cond)
+    if spec.sampler == "tcd":
+        return tcd_sample(net, noise, times, cond, eta=spec.eta, fresh_noise=lambda i: noise_rule.fresh(indices, i))
     return few_step_sample(net, noise, times, cond, fresh_noise=lambda i: noise_rule.fresh(indices, i))
 
 

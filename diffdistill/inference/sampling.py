@@ -4,6 +4,9 @@
   rectified flow exactly Euler), with CFG through :func:`~diffdistill.models.base.guided`.
 * :func:`few_step_sample`: the re-noising sampler of DMD2 / LCM-style students on explicit times: predict x0,
   re-noise it with FRESH noise to the next time, repeat (DMD2 sec. 4.5; LCM Alg. 1).
+* :func:`tcd_sample`: trajectory consistency sampling (TCD, arXiv:2402.19159 sec. 4.3; Hyper-SD's unified student):
+  jump along the trajectory to s = (1 - eta) t_next, then re-noise from s to t_next with fresh noise; eta = 0 is
+  :func:`ode_sample`'s DDIM, eta = 1 re-noises the x0 prediction like :func:`few_step_sample`.
 * :func:`backward_simulate`: the no-grad part of that rollout, used to build the student's training input at step k
   (DMD2 sec. 4.5): the input at step 0 is pure noise and every later input comes from the student's OWN rollout,
   never from noised real data (the trap of DiffSynth-Studio#1627 and FastVideo#743).
@@ -107,3 +110,28 @@ def few_step_sample(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | 
     ts = _times(ts)
     x = backward_simulate(model, noise, ts, len(ts) - 1, cond, generator, fresh_noise)
     return model(x, _t_batch(ts[-1], x), cond).x0
+
+
+@torch.no_grad()
+def tcd_sample(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tensor, cond: Cond | None = None, *,
+               eta: float = 0.3, generator: torch.Generator | None = None,
+               fresh_noise: FreshNoise | None = None) -> Tensor:
+    """TCD's strategic stochastic sampling on explicit times (diffusers' ``TCDScheduler.step``, whose ``eta`` is the
+    paper's gamma): at t_i predict (x0, eps), step deterministically to s = schedule.tcd_time(t_{i+1}, eta), then
+    noise from s to t_{i+1} with fresh noise (``fresh_noise(i)``, else ``generator``, else the global RNG; none is
+    drawn when eta = 0 or at the last step). The last step lands on t = 0 of the schedule (VP: the table's first
+    entry, as diffusers returns it). Shapes: noise [B, ...] -> [B, ...]."""
+    ts = _times(ts)
+    schedule, x = model.schedule, noise
+    for i in range(len(ts)):
+        pred = model(x, _t_batch(ts[i], x), cond)
+        t_next = ts[i + 1] if i + 1 < len(ts) else torch.tensor(0.0, dtype=torch.float64)
+        s = schedule.tcd_time(t_next, eta)
+        x = schedule.ddim_step(x, pred.x0, pred.eps, _t_batch(s, x))
+        if i + 1 < len(ts) and eta > 0:
+            eps = fresh_noise(i) if fresh_noise is not None else torch.randn(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = schedule.add_noise_from(x, eps.to(device=x.device, dtype=x.dtype), _t_batch(t_next, x),
+                                        _t_batch(s, x))
+    return x
+

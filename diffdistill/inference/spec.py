@@ -4,8 +4,10 @@ A method returns a :class:`SamplingSpec` (``Method.sampling_spec``); the trainer
 ``sampling`` entry of the export's ``diffdistill.json``; ``sample``, ``eval``, the demo and the benchmark scripts
 read it back with :meth:`SamplingSpec.from_export` and sample through :func:`diffdistill.inference.generate.generate`.
 
-* ``sampler``: ``ode`` (DDIM / Euler on the probability-flow ODE: teachers) or ``few_step`` (predict x0, re-noise
-  with fresh noise, repeat: distilled students, DMD2 sec. 4.5, arXiv:2405.14867).
+* ``sampler``: ``ode`` (DDIM / Euler on the probability-flow ODE: teachers), ``few_step`` (predict x0, re-noise
+  with fresh noise, repeat: distilled students, DMD2 sec. 4.5, arXiv:2405.14867) or ``tcd`` (trajectory
+  consistency sampling with stochasticity ``eta``, arXiv:2402.19159: Hyper-SD's unified student at any of 1-8
+  steps on the ``tcd`` grid).
 * ``times``: the continuous times of the steps, noisy -> clean (1 = noise). A distilled student's are the times it was
   trained on; other step counts are off its distribution.
 * ``guidance``: the standard-form CFG scale ``uncond + w (cond - uncond)``; 1 = none (students that distil a guided
@@ -23,9 +25,9 @@ from typing import Any, Literal
 
 from ..schedule import Schedule
 
-Sampler = Literal["ode", "few_step"]
-SAMPLERS: tuple[Sampler, ...] = ("ode", "few_step")
-Spacing = Literal["leading", "trailing", "linspace"]
+Sampler = Literal["ode", "few_step", "tcd"]
+SAMPLERS: tuple[Sampler, ...] = ("ode", "few_step", "tcd")
+Spacing = Literal["leading", "trailing", "linspace", "tcd"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class SamplingSpec:
     timesteps: tuple[int, ...] = ()        # the network's own timesteps for ``times`` (diffusers pipelines)
     chunk_frames: int = 0
     fixed: bool = False
+    eta: float = 0.0                       # the tcd sampler's stochasticity (its gamma): 0 = DDIM, 1 = re-noise x0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -47,6 +50,8 @@ class SamplingSpec:
             raise ValueError(f"sampling times must decrease strictly within [0, 1], got {list(times)}")
         object.__setattr__(self, "times", times)
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"the tcd sampler's eta must lie in [0, 1], got {self.eta}")
         if self.chunk_frames < 0:
             raise ValueError(f"chunk_frames must be >= 0, got {self.chunk_frames}")
         if self.chunk_frames and self.guidance != 1.0:
@@ -78,7 +83,8 @@ class SamplingSpec:
         spacing = info.get("spacing", "trailing")
         times = info.get("times") or [float(t) for t in schedule.step_grid(int(info.get("steps", 50)), spacing)]
         return cls(sampler, tuple(times), float(info.get("guidance", 1.0)), int(info.get("num_classes", 0)), spacing,
-                   tuple(info.get("timesteps", ())), int(info.get("chunk_frames", 0)), bool(info.get("fixed", False)))
+                   tuple(info.get("timesteps", ())), int(info.get("chunk_frames", 0)), bool(info.get("fixed", False)),
+                   float(info.get("eta", 0.0)))
 
     def off_schedule(self, steps: int | None = None, sampler: Sampler | None = None) -> str | None:
         """Why ``steps`` / ``sampler`` would sample a distilled student off what it was trained for (None: they
@@ -97,15 +103,16 @@ class SamplingSpec:
                 "distribution (washed-out samples)")
 
     def override(self, schedule: Schedule, steps: int | None = None, sampler: Sampler | None = None,
-                 guidance: float | None = None) -> "SamplingSpec":
+                 guidance: float | None = None, eta: float | None = None) -> "SamplingSpec":
         """This spec with a user's choices: another sampler, another step count (a ``spacing`` grid: a student
-        sampled off its distilled times), another CFG scale."""
+        sampled off its distilled times), another CFG scale, another TCD ``eta``."""
         if steps is not None and steps <= 0:
             raise ValueError(f"steps must be > 0, got {steps}")
         if sampler is not None and sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         out = replace(self, sampler=sampler or self.sampler,
-                      guidance=float(guidance) if guidance is not None else self.guidance)
+                      guidance=float(guidance) if guidance is not None else self.guidance,
+                      eta=float(eta) if eta is not None else self.eta)
         if steps is not None and steps != self.steps:
             grid = tuple(float(t) for t in schedule.step_grid(steps, self.spacing))
             out = replace(out, times=grid, timesteps=())

@@ -12,6 +12,7 @@ from .ode_regression import ODERegression, ODERegressionConfig
 from .phased_dmd import PhasedDMD, PhasedDMDConfig
 from .self_forcing import SelfForcing, SelfForcingConfig
 from .teacher import Teacher, TeacherConfig
+from .tscd import TSCD, TSCDConfig
 
 # name -> (config class, method class with a `build(cfg, models, num_classes)` classmethod, description)
 METHODS: dict[str, tuple[type, type[Method], str]] = {
@@ -21,6 +22,8 @@ METHODS: dict[str, tuple[type, type[Method], str]] = {
                    "phase, sub-interval score matching (arXiv:2510.27684)"),
     "ode_regression": (ODERegressionConfig, ODERegression, "ODE regression: a block-causal video student regressed "
                        "onto its teacher's ODE trajectories (the initialisation of self forcing)"),
+    "tscd": (TSCDConfig, TSCD, "Hyper-SD trajectory-segmented consistency distillation: stages of 8-4-2-1 segments, "
+             "EMA target, optional adversarial term; the unified student samples with TCD (arXiv:2404.13686)"),
     "self_forcing": (SelfForcingConfig, SelfForcing, "Self Forcing: a block-causal video student trained with DMD on "
                      "its own streaming rollouts (KV cache, gradient truncation)"),
 }

@@ -164,26 +164,32 @@ class Guided(nn.Module):
     networks the combination is linear, so combining in any kind gives the same x0.
     """
 
-    def __init__(self, model: DiffusionModel, scale: float, uncond: Cond | None = None) -> None:
+    def __init__(self, model: DiffusionModel, scale: float | Tensor, uncond: Cond | None = None) -> None:
         super().__init__()
-        self.model, self.scale, self.uncond = model, float(scale), uncond
+        # a tensor scale [B] guides each sample with its own w (Hyper-SD draws w from a range per sample)
+        self.model, self.uncond = model, uncond
+        self.scale = scale if isinstance(scale, Tensor) else float(scale)
         self.schedule, self.kind = model.schedule, model.kind
         self.data_shape = model.data_shape
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Prediction:
         cond = as_cond(cond)
-        if self.scale == 1.0:
+        if isinstance(self.scale, float) and self.scale == 1.0:
             return self.model(x_t, t, cond)
         uncond = self.uncond if self.uncond is not None else self.model.null_cond(cond)
         t = _per_sample_t(t, x_t)
         both = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), cond.cat(uncond))
         c, u = both.native.chunk(2)
-        return Prediction(u + self.scale * (c - u), self.model.kind, x_t, t, self.model.schedule)
+        scale = self.scale
+        if isinstance(scale, Tensor):
+            scale = scale.to(device=c.device, dtype=c.dtype).reshape(-1, *([1] * (c.dim() - 1)))
+        return Prediction(u + scale * (c - u), self.model.kind, x_t, t, self.model.schedule)
 
 
-def guided(model: DiffusionModel, scale: float, uncond: Cond | None = None) -> DiffusionModel | Guided:
-    """Wrap ``model`` with standard-form CFG at ``scale`` (see :class:`Guided`); scale 1 returns the model itself."""
-    return model if scale == 1.0 else Guided(model, scale, uncond)
+def guided(model: DiffusionModel, scale: float | Tensor, uncond: Cond | None = None) -> DiffusionModel | Guided:
+    """Wrap ``model`` with standard-form CFG at ``scale`` (see :class:`Guided`; a tensor [B]: one scale per sample);
+    a float scale of 1 returns the model itself."""
+    return model if not isinstance(scale, Tensor) and scale == 1.0 else Guided(model, scale, uncond)
 
 
 # ---------------------------------------------------------------------- roles

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError
 from ..files import reading_weights
-from ..schedule import Kind, Schedule
+from ..schedule import TCD_ORIGINAL_STEPS, Kind, Schedule
 from .base import Cond, DiffusionModel
 from .causal import BlockCausal, KVCache
 from .class_tokens import class_context, make_class_embed, save_class_tokens
@@ -225,6 +225,14 @@ class _DiffusersAdapter(DiffusionModel):
         elif s.kind == "flow":
             out = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": s.num_train_timesteps,
                    "shift": s.shift, "use_dynamic_shifting": False}
+        elif sampling.get("sampler") == "tcd":
+            # the unified Hyper-SD / TCD student: diffusers' TCDScheduler on the same coarse grid as our ``tcd``
+            # spacing (schedule.TCD_ORIGINAL_STEPS); call the pipeline with num_inference_steps, eta and
+            # guidance_scale 0 (the teacher's guidance is distilled in)
+            out = {"_class_name": "TCDScheduler", "num_train_timesteps": s.num_train_timesteps,
+                   "beta_schedule": s.beta_schedule, "beta_start": s.beta_start, "beta_end": s.beta_end,
+                   "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0,
+                   "original_inference_steps": TCD_ORIGINAL_STEPS, "timestep_spacing": "leading"}
         elif sampling.get("sampler") == "few_step":
             # a few-step student predicts x0 and re-noises with fresh noise: LCMScheduler's step (its c_skip is
             # < 1e-7 at timesteps >= 249 with timestep_scaling 10); call the pipeline with timesteps=[...] written
