@@ -10,7 +10,7 @@ from torch.optim.swa_utils import AveragedModel
 from diffdistill.data import Batch, ToyDataConfig, ToyMixtureStream
 from diffdistill.inference.sampling import few_step_sample, ode_sample, tcd_sample
 from diffdistill.methods import build_method, method_roles
-from diffdistill.methods.tscd import TSCD, TSCDConfig, segment_draw
+from diffdistill.methods.tscd import TSCD, TSCDConfig, draw_guidance, segment_draw
 from diffdistill.models.base import Cond
 from diffdistill.models.toy import GaussianMixture, MixtureConfig, MLPConfig, MLPDenoiser, ScheduleConfig
 from diffdistill.schedule import Schedule
@@ -193,9 +193,9 @@ def test_a_start_in_the_first_teacher_step_takes_the_teachers_point_as_its_targe
 
 
 def test_cfg_is_drawn_per_sample_from_the_range():
-    m = TSCD(TSCDConfig(segments=[1], guidance=[2.0, 6.0]), mlp(), 0)
-    w = m._guidance(4000, torch.device("cpu"))
+    w = draw_guidance([2.0, 6.0], 4000, torch.device("cpu"))
     assert w.shape == (4000,) and float(w.min()) >= 2.0 and float(w.max()) <= 6.0 and w.std() > 1.0
+    assert draw_guidance([3.0, 3.0], 4, torch.device("cpu")) == 3.0
 
 
 def test_the_adversarial_term_trains_the_head_and_reaches_the_student():
@@ -266,3 +266,45 @@ def test_a_trained_two_segment_student_jumps_to_the_teachers_ode_value_at_the_se
             student, one_jump = s.ddim_step(x_t, p.x0, p.eps, end), s.ddim_step(x_t, q.x0, q.eps, end)
         error, teacher_error = rms(student - reference), rms(one_jump - reference)
         assert error < 0.15 and error < 0.6 * teacher_error, (low, error, teacher_error)
+
+
+# ---------------------------------------------------------------------- one-step enhancement
+def one_step(**kw):
+    from diffdistill.methods.hyper_one_step import HyperOneStep, HyperOneStepConfig
+
+    m = HyperOneStep(HyperOneStepConfig(guidance=1.0, **kw), mlp(8), 0)
+    m.bind_ema(AveragedModel(m.role("student")))
+    return m
+
+
+def test_one_step_enhancement_is_dmd2_plus_the_consistency_term_in_one_student_forward(monkeypatch):
+    m = one_step(consistency_weight=0.5)
+    calls = []
+    student = m.student
+    original = student.forward
+    monkeypatch.setattr(student, "forward", lambda *a, **k: calls.append(a[0].shape[0]) or original(*a, **k))
+    loss, logs = m.loss("student", toy_batch(16), 0)
+    assert calls == [32]                  # the DMD sample and the consistency jump share ONE student forward
+    assert {"student/dm", "student/consistency"} <= set(logs)
+    torch.testing.assert_close(loss.detach(), logs["student/dm"] + 0.5 * logs["student/consistency"])
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in m.role("student").parameters()) > 0
+    calls.clear()
+    _, logs = m.loss("critic", toy_batch(16), 0)           # the critic phase draws the one-step sample only
+    assert calls == [16] and "student/consistency" not in logs
+
+
+def test_one_step_enhancement_without_the_term_is_plain_dmd2_and_exports_tcd():
+    m = one_step(consistency_weight=0.0, sample_steps=4, sample_eta=0.5)
+    _, logs = m.loss("student", toy_batch(16), 0)
+    assert "student/consistency" not in logs
+    spec = m.sampling_spec()
+    assert spec.sampler == "tcd" and spec.eta == 0.5 and spec.steps == 4
+
+
+@pytest.mark.parametrize("kw,match", [(dict(student_times=[1.0, 0.5]), "one step at t = 1"),
+                                      (dict(consistency_guidance=[4.0, 2.0]), "range is empty"),
+                                      (dict(consistency_weight=-1.0), ">= 0")])
+def test_bad_one_step_settings_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        one_step(**kw)

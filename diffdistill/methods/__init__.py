@@ -8,6 +8,7 @@ from ..config import ConfigError, Section, from_dict, unknown_key_error
 from ..models.base import DiffusionModel
 from .base import Method, Role
 from .dmd2 import DMD2, DMD2Config
+from .hyper_one_step import HyperOneStep, HyperOneStepConfig
 from .ode_regression import ODERegression, ODERegressionConfig
 from .phased_dmd import PhasedDMD, PhasedDMDConfig
 from .self_forcing import SelfForcing, SelfForcingConfig
@@ -24,6 +25,9 @@ METHODS: dict[str, tuple[type, type[Method], str]] = {
                        "onto its teacher's ODE trajectories (the initialisation of self forcing)"),
     "tscd": (TSCDConfig, TSCD, "Hyper-SD trajectory-segmented consistency distillation: stages of 8-4-2-1 segments, "
              "EMA target, optional adversarial term; the unified student samples with TCD (arXiv:2404.13686)"),
+    "hyper_one_step": (HyperOneStepConfig, HyperOneStep, "Hyper-SD one-step enhancement: DMD2 on a one-step student at "
+                       "timestep 999 plus the TSCD consistency term; the unified student samples with TCD at 1-8 "
+                       "steps"),
     "self_forcing": (SelfForcingConfig, SelfForcing, "Self Forcing: a block-causal video student trained with DMD on "
                      "its own streaming rollouts (KV cache, gradient truncation)"),
 }

@@ -33,10 +33,9 @@ k = 1 student is the unified one: the export samples with TCD (inference/samplin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import Batch
@@ -44,6 +43,7 @@ from ..inference.sampling import ode_sample, tcd_sample
 from ..inference.spec import SamplingSpec
 from ..models.base import DiffusionModel, LoraConfig, freeze, guided, role_copy
 from ..models.heads import attach_head
+from ..schedule import Schedule
 from .base import Method, Role
 from .losses import gan_discriminator_loss, gan_generator_loss
 
@@ -144,39 +144,17 @@ class TSCD(Method):
         return self._critic_loss(batch)
 
     def jumps(self, batch: Batch, with_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(student jump, target jump, t_end, t_n) for one batch: both land at t_end inside the segment of t_n."""
-        x0, schedule = batch.x0, self.teacher.schedule
-        u_n, _, u_prev, u_end = segment_draw(x0.shape[0], self.cfg.teacher_steps, self.plan.segments[self.stage])
-        t_n, t_prev, t_end = (schedule.warp(u).to(x0.device) for u in (u_n, u_prev, u_end))
-        eps = torch.randn_like(x0)
-        if self.cfg.noise_offset > 0:
-            eps = eps + self.cfg.noise_offset * torch.randn(*x0.shape[:2], *([1] * (x0.dim() - 2)),
-                                                            device=x0.device, dtype=x0.dtype)
-        x_n = schedule.add_noise(x0, eps, t_n)
-        with torch.no_grad():
-            teacher = guided(self.teacher, self._guidance(x0.shape[0], x0.device), batch.uncond)
-            step = teacher(x_n, t_n, batch.cond)
-            x_prev = schedule.ddim_step(x_n, step.x0, step.eps, t_prev)
-            ema = self.ema_model()(x_prev, t_prev, batch.cond)
-            target = schedule.ddim_step(x_prev, ema.x0, ema.eps, t_end)
-            # end = teacher step: the target is the teacher's point itself (the consistency boundary condition
-            # f(x, t) = x; evaluating the jump at t_prev = 0 would divide by sigma = 0)
-            same = (u_end == u_prev).to(x0.device).reshape(-1, *([1] * (x0.dim() - 1)))
-            target = torch.where(same, x_prev, target)
+        """(student jump, target jump, t_end, t_n) for one batch in the current stage's segments."""
+        draw = consistency_draw(self.teacher, self.ema_model(), batch, self.plan.segments[self.stage],
+                                self.cfg.teacher_steps, self.cfg.guidance, self.cfg.noise_offset)
         with torch.set_grad_enabled(with_grad):
-            pred = self.student(x_n, t_n, batch.cond)
-            jump = schedule.ddim_step(x_n, pred.x0, pred.eps, t_end)
-        return jump, target, t_end, t_n
-
-    def _guidance(self, n: int, device: torch.device) -> float | Tensor:
-        low, high = self.cfg.guidance
-        if low == high:
-            return float(low)
-        return low + (high - low) * torch.rand(n, device=device)
+            pred = self.student(draw.x_n, draw.t_n, batch.cond)
+            jump = jump_to(self.teacher.schedule, draw.x_n, pred.x0, pred.eps, draw.t_end)
+        return jump, draw.target, draw.t_end, draw.t_n
 
     def _student_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         jump, target, t_end, t_n = self.jumps(batch, with_grad=True)
-        distance = self._distance(jump, target)
+        distance = consistency_distance(jump, target, self.cfg.loss, self.cfg.huber_c)
         loss, out = distance, {"student/distance": distance.detach(),
                                "student/segments": torch.tensor(float(self.plan.segments[self.stage])),
                                "student/jump": (t_n - t_end).float().mean()}
@@ -186,13 +164,6 @@ class TSCD(Method):
             loss = loss + weight * gan
             out["student/gan"] = gan.detach()
         return loss, out
-
-    def _distance(self, jump: Tensor, target: Tensor) -> Tensor:
-        diff = (jump.float() - target.float()).flatten(1)
-        if self.cfg.loss == "mse":
-            return diff.square().mean()
-        c = self.cfg.huber_c
-        return ((diff.square().mean(1) + c * c).sqrt() - c).mean()
 
     def _critic_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Discriminator: target jumps (real) against student jumps (fake), one critic forward (DDP)."""
@@ -219,15 +190,74 @@ class TSCD(Method):
         """k > 1 (last stage): Euler / DDIM on the k segment starts; k = 1: TCD at ``sample_steps`` on its grid."""
         schedule, k = self.teacher.schedule, self.plan.segments[-1]
         if k == 1:
-            times = schedule.step_grid(self.cfg.sample_steps, "tcd")
-            return SamplingSpec("tcd", tuple(float(t) for t in times), 1.0, self.num_classes, "tcd",
-                                _timesteps(schedule, times), eta=self.cfg.sample_eta)
+            return tcd_spec(schedule, self.cfg.sample_steps, self.cfg.sample_eta, self.num_classes)
         times = schedule.warp(torch.arange(k, 0, -1, dtype=torch.float64) / k)
         return SamplingSpec("ode", tuple(float(t) for t in times), 1.0, self.num_classes,
                             timesteps=_timesteps(schedule, times), fixed=True)
 
 
-def _timesteps(schedule, times: Tensor) -> tuple[int, ...]:
+class ConsistencyDraw(NamedTuple):
+    x_n: Tensor         # real data noised to t_n: the student's input
+    t_n: Tensor         # [B] float64
+    t_end: Tensor       # [B] float64, inside the segment of t_n
+    target: Tensor      # the target network's jump from the teacher's x_{t_prev} to t_end (no grad)
+
+
+def consistency_draw(teacher: DiffusionModel, target_net: DiffusionModel, batch: Batch, segments: int,
+                     teacher_steps: int, guidance: list[float], noise_offset: float = 0.0) -> ConsistencyDraw:
+    """One TSCD draw without gradients (arXiv:2404.13686 alg. 1): real data noised to t_n, the teacher's one CFG
+    step (w uniform per sample in ``guidance``) to t_prev, and ``target_net``'s jump from the teacher's point to
+    t_end inside the segment (:func:`segment_draw`). The student's jump from (x_n, t_n) is :func:`jump_to`; callers
+    run the student themselves (the one-step enhancement batches it with its DMD sample: one forward per backward)."""
+    x0, schedule = batch.x0, teacher.schedule
+    u_n, _, u_prev, u_end = segment_draw(x0.shape[0], teacher_steps, segments)
+    t_n, t_prev, t_end = (schedule.warp(u).to(x0.device) for u in (u_n, u_prev, u_end))
+    eps = torch.randn_like(x0)
+    if noise_offset > 0:
+        eps = eps + noise_offset * torch.randn(*x0.shape[:2], *([1] * (x0.dim() - 2)), device=x0.device,
+                                               dtype=x0.dtype)
+    x_n = schedule.add_noise(x0, eps, t_n)
+    with torch.no_grad():
+        step = guided(teacher, draw_guidance(guidance, x0.shape[0], x0.device), batch.uncond)(x_n, t_n, batch.cond)
+        x_prev = schedule.ddim_step(x_n, step.x0, step.eps, t_prev)
+        ahead = target_net(x_prev, t_prev, batch.cond)
+        target = schedule.ddim_step(x_prev, ahead.x0, ahead.eps, t_end)
+        # end = teacher step: the target is the teacher's point itself (the consistency boundary condition
+        # f(x, t) = x; evaluating the jump at t_prev = 0 would divide by sigma = 0)
+        same = (u_end == u_prev).to(x0.device).reshape(-1, *([1] * (x0.dim() - 1)))
+        target = torch.where(same, x_prev, target)
+    return ConsistencyDraw(x_n, t_n, t_end, target)
+
+
+def jump_to(schedule: Schedule, x_n: Tensor, x0: Tensor, eps: Tensor, t_end: Tensor) -> Tensor:
+    """The consistency jump: DDIM / Euler from x_n with the predicted (x0, eps) straight to t_end."""
+    return schedule.ddim_step(x_n, x0, eps, t_end)
+
+
+def draw_guidance(guidance: list[float], n: int, device: torch.device) -> float | Tensor:
+    """The teacher's CFG scale: a float when the range is one value, else one uniform draw per sample [n]."""
+    low, high = guidance
+    if low == high:
+        return float(low)
+    return low + (high - low) * torch.rand(n, device=device)
+
+
+def consistency_distance(jump: Tensor, target: Tensor, loss: str = "mse", huber_c: float = 0.03) -> Tensor:
+    """MSE, or pseudo-Huber sqrt(mean d^2 + c^2) - c per sample (Song & Dhariwal, arXiv:2310.14189 sec. 3.3)."""
+    diff = (jump.float() - target.float()).flatten(1)
+    if loss == "mse":
+        return diff.square().mean()
+    return ((diff.square().mean(1) + huber_c * huber_c).sqrt() - huber_c).mean()
+
+
+def tcd_spec(schedule: Schedule, steps: int, eta: float, num_classes: int) -> SamplingSpec:
+    """The unified student's sampling: TCD at ``steps`` on TCD's grid (diffusers' TCDScheduler), guidance 1."""
+    times = schedule.step_grid(steps, "tcd")
+    return SamplingSpec("tcd", tuple(float(t) for t in times), 1.0, num_classes, "tcd", _timesteps(schedule, times),
+                        eta=eta)
+
+
+def _timesteps(schedule: Schedule, times: Tensor) -> tuple[int, ...]:
     return tuple(round(float(m)) for m in schedule.model_time(times))
 
 

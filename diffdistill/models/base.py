@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -207,6 +208,8 @@ class LoraConfig:
     alpha: float | None = None           # defaults to rank (scale 1)
     target_modules: list[str] | None = None   # None: the model's own default (attention projections)
     dropout: float = 0.0
+    init_from: str | None = None         # an export (or run dir) whose pytorch_lora_weights.safetensors starts the
+                                         # adapters: a later stage continues an earlier stage's LoRA (Hyper-SD)
 
 
 def role_copy(teacher: DiffusionModel, lora: LoraConfig | None = None) -> DiffusionModel:
@@ -227,7 +230,40 @@ def role_copy(teacher: DiffusionModel, lora: LoraConfig | None = None) -> Diffus
     network = copy_.lora_network()
     inject_adapter_in_model(PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank,
                                            target_modules=list(targets), lora_dropout=lora.dropout), network)
+    if lora.init_from:
+        load_lora_adapters(network, lora.init_from)
     return copy_
+
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"     # diffusers' save_lora_weights file name
+
+
+def load_lora_adapters(network: nn.Module, source: str | Path) -> None:
+    """Set ``network``'s injected adapters from ``source``'s LORA_WEIGHTS (diffusers' layout, keys prefixed with
+    the network's pipeline name, e.g. ``unet.``). Every adapter must be found, with the same shapes."""
+    from peft import set_peft_model_state_dict
+
+    from ..files import load_safetensors
+    from .registry import find_export
+
+    path = Path(source) / LORA_WEIGHTS
+    if not path.is_file():
+        path = find_export(source) / LORA_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"lora.init_from: {str(source)!r} holds no {LORA_WEIGHTS}; point it at the export of "
+                                "a run whose student was a LoRA (student_lora.rank > 0)")
+    state = {k.split(".", 1)[1]: v for k, v in load_safetensors(path).items()}      # drop "unet." / "transformer."
+    ours = {n for n, _ in network.named_parameters() if "lora_" in n}
+    advice = "use the same rank and target_modules as the run that wrote it"
+    try:
+        result = set_peft_model_state_dict(network, state)
+    except RuntimeError as err:            # shapes differ: another rank
+        raise ValueError(f"lora.init_from: {path} does not fit this LoRA ({str(err).splitlines()[1].strip()}): "
+                         f"{advice}") from None
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing or len(state) != len(ours):
+        raise ValueError(f"lora.init_from: {path} does not fit this LoRA ({len(state)} tensors for {len(ours)}; "
+                         f"e.g. {(list(result.unexpected_keys) + missing)[:2]}): {advice}")
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:

@@ -38,6 +38,7 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 # where the device has them); xformers: its memory-efficient kernels (the [gpu] extra, CUDA only)
 Attention = Literal["sdpa", "xformers"]
 SCHEDULER_CONFIG = "scheduler_config.json"
+COMFYUI_LORA = "comfyui_lora.safetensors"   # the LoRA in the kohya key layout (models/diffusers.kohya_lora)
 _FROM_DIFFUSERS: dict[str, Kind] = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
 _TO_DIFFUSERS = {kind: name for name, kind in _FROM_DIFFUSERS.items()}
 _REEXPORT_HINT = ("re-download the model, or for an export of ours rerun `diffdistill export RUN` (it rewrites export/ "
@@ -208,6 +209,10 @@ class _DiffusersAdapter(DiffusionModel):
         pipeline.save_lora_weights(directory, safe_serialization=True,
                                    **{f"{self.lora_prefix}_lora_layers": layers,
                                       f"{self.lora_prefix}_lora_adapter_metadata": config[name].to_dict()})
+        if self.lora_prefix == "unet":       # SD / SDXL: also the kohya layout ComfyUI and A1111 load
+            from safetensors.torch import save_file
+
+            save_file(kohya_lora(layers, float(config[name].lora_alpha)), directory / COMFYUI_LORA)
 
     def _scheduler_export(self, sampling: dict[str, Any]) -> dict[str, Any]:
         s = self.schedule_cfg
@@ -455,6 +460,17 @@ def _memory_switches(network: nn.Module, cfg: UNetConfig | WanConfig) -> None:
         network.enable_xformers_memory_efficient_attention()
     if cfg.compile:
         network.compile()        # in place: parameter names (and so checkpoints and exports) stay as they are
+
+
+def kohya_lora(peft_layers: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """A UNet's peft LoRA state dict (``<module>.lora_A.weight`` / ``lora_B``) in the kohya layout ComfyUI, A1111 and
+    SD.Next load: ``lora_unet_<module with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``, through
+    diffusers' converter. The converter writes alpha = rank (scale 1); the adapter's own alpha replaces it, since
+    these loaders scale the update by alpha / rank."""
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    out = convert_state_dict_to_kohya({f"unet.{k}": v.detach().contiguous() for k, v in peft_layers.items()})
+    return {k: (torch.tensor(alpha) if k.endswith(".alpha") else v) for k, v in out.items()}
 
 
 def _locate(root: Path, subfolder: str | None, what: str) -> tuple[Path, str | None, dict | None]:
