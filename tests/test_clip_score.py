@@ -12,8 +12,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from tiny_diffusers import tiny_clip_model, tiny_clip_tokenizer
 
-from diffdistill.metrics.clip_score import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPScoreConfig, CLIPScorer, _embeddings,
-                                            combine, load_clip)
+from diffdistill.metrics.clip_score import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPScoreConfig, CLIPScorer,
+                                            combine, load_clip, projected_embeddings)
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
 
@@ -135,10 +135,10 @@ def test_scorers_with_two_scales_differ_by_the_ratio_and_record_their_protocol(l
 def test_transformers_output_objects_and_bad_inputs(loaded):
     model, tok = loaded
     emb = torch.randn(2, 16)
-    assert _embeddings(emb, model) is emb                                        # transformers 4.x: a tensor
-    assert _embeddings(BaseModelOutputWithPooling(pooler_output=emb), model) is emb   # transformers 5
+    assert projected_embeddings(emb, model) is emb                                        # transformers 4.x: a tensor
+    assert projected_embeddings(BaseModelOutputWithPooling(pooler_output=emb), model) is emb   # transformers 5
     with pytest.raises(TypeError, match="unprojected"):
-        _embeddings(BaseModelOutputWithPooling(pooler_output=torch.randn(2, 32)), model)
+        projected_embeddings(BaseModelOutputWithPooling(pooler_output=torch.randn(2, 32)), model)
     with pytest.raises(NotImplementedError, match="torchvision"):
         CLIPScorer(CLIPScoreConfig(backend="open_clip"), model=model, tokenizer=tok)
     s = scorer(loaded)

@@ -54,6 +54,7 @@ def test_only_the_adapter_imports_diffusers_and_only_the_loop_imports_accelerate
 
 def test_methods_only_import_the_allowed_layers():
     allowed = ("diffdistill.schedule", "diffdistill.models.base", "diffdistill.models.heads", "diffdistill.models.experts",
+               "diffdistill.models.reward",
                "diffdistill.methods",
                "diffdistill.inference.sampling", "diffdistill.inference.streaming", "diffdistill.inference.spec",
                "diffdistill.data", "diffdistill.config", "diffdistill.randomness")

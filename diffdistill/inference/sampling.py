@@ -115,15 +115,21 @@ def few_step_sample(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | 
 @torch.no_grad()
 def tcd_sample(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tensor, cond: Cond | None = None, *,
                eta: float = 0.3, generator: torch.Generator | None = None,
-               fresh_noise: FreshNoise | None = None) -> Tensor:
+               fresh_noise: FreshNoise | None = None, stop: int | None = None) -> Tensor:
     """TCD's strategic stochastic sampling on explicit times (diffusers' ``TCDScheduler.step``, whose ``eta`` is the
     paper's gamma): at t_i predict (x0, eps), step deterministically to s = schedule.tcd_time(t_{i+1}, eta), then
     noise from s to t_{i+1} with fresh noise (``fresh_noise(i)``, else ``generator``, else the global RNG; none is
     drawn when eta = 0 or at the last step). The last step lands on t = 0 of the schedule (VP: the table's first
-    entry, as diffusers returns it). Shapes: noise [B, ...] -> [B, ...]."""
+    entry, as diffusers returns it). ``stop``: return the rollout's state at ts[stop] instead (before the model
+    is called there; reward feedback's stopping point, methods/reward_feedback.py). Shapes: noise [B, ...] -> [B, ...].
+    """
     ts = _times(ts)
+    if stop is not None and not 0 <= stop < len(ts):
+        raise ValueError(f"stop={stop} is outside 0..{len(ts) - 1} for {len(ts)} TCD steps")
     schedule, x = model.schedule, noise
     for i in range(len(ts)):
+        if i == stop:
+            return x
         pred = model(x, _t_batch(ts[i], x), cond)
         t_next = ts[i + 1] if i + 1 < len(ts) else torch.tensor(0.0, dtype=torch.float64)
         s = schedule.tcd_time(t_next, eta)
@@ -134,4 +140,3 @@ def tcd_sample(model: DiffusionModel, noise: Tensor, ts: Sequence[float] | Tenso
             x = schedule.add_noise_from(x, eps.to(device=x.device, dtype=x.dtype), _t_batch(t_next, x),
                                         _t_batch(s, x))
     return x
-

@@ -11,6 +11,7 @@ from .dmd2 import DMD2, DMD2Config
 from .hyper_one_step import HyperOneStep, HyperOneStepConfig
 from .ode_regression import ODERegression, ODERegressionConfig
 from .phased_dmd import PhasedDMD, PhasedDMDConfig
+from .reward_feedback import RewardFeedback, RewardFeedbackConfig
 from .self_forcing import SelfForcing, SelfForcingConfig
 from .teacher import Teacher, TeacherConfig
 from .tscd import TSCD, TSCDConfig
@@ -28,6 +29,8 @@ METHODS: dict[str, tuple[type, type[Method], str]] = {
     "hyper_one_step": (HyperOneStepConfig, HyperOneStep, "Hyper-SD one-step enhancement: DMD2 on a one-step student at "
                        "timestep 999 plus the TSCD consistency term; the unified student samples with TCD at 1-8 "
                        "steps"),
+    "reward_feedback": (RewardFeedbackConfig, RewardFeedback, "reward feedback (ReFL, Hyper-SD's feedback stage): a "
+                        "LoRA on a finished student trained to raise a reward model's score, with a consistency term"),
     "self_forcing": (SelfForcingConfig, SelfForcing, "Self Forcing: a block-causal video student trained with DMD on "
                      "its own streaming rollouts (KV cache, gradient truncation)"),
 }

@@ -181,13 +181,13 @@ class CLIPScorer:
     def image_embeddings(self, images: Tensor | Sequence[Tensor], value_range: ValueRange | None = None) -> Tensor:
         """Unit-norm projected image embeddings. Shapes: -> [N, E]."""
         out = self.model.get_image_features(pixel_values=self.preprocess(images, value_range))
-        return F.normalize(_embeddings(out, self.model).float(), dim=-1)
+        return F.normalize(projected_embeddings(out, self.model).float(), dim=-1)
 
     @torch.no_grad()
     def text_embeddings(self, prompts: Sequence[str]) -> Tensor:
         """Unit-norm projected text embeddings of the prefixed prompts. Shapes: -> [N, E]."""
         out = self.model.get_text_features(**self.tokenize(prompts))
-        return F.normalize(_embeddings(out, self.model).float(), dim=-1)
+        return F.normalize(projected_embeddings(out, self.model).float(), dim=-1)
 
     def cosines(self, images: Tensor | Sequence[Tensor], prompts: Sequence[str],
                 value_range: ValueRange | None = None) -> Tensor:
@@ -211,7 +211,7 @@ class CLIPScorer:
         return combine(self.cosines(images, prompts, value_range), self.config.scale, self.config.clamp)
 
 
-def _embeddings(output: Any, model: nn.Module) -> Tensor:
+def projected_embeddings(output: Any, model: nn.Module) -> Tensor:
     """The projected embeddings from a ``get_*_features`` result: a tensor (transformers 4.x) or a ModelOutput
     (transformers 5: ``pooler_output`` is replaced by the projection; some models name it ``*_embeds``)."""
     if isinstance(output, Tensor):

@@ -126,6 +126,12 @@ class PipelineEncoder:
         if self.video:
             z = (latents.cpu().float() * self.latents_std + self.latents_mean).permute(0, 2, 1, 3, 4)
             return vae.decode(z.to(vae.device, vae.dtype)).sample.float().permute(0, 2, 1, 3, 4).clamp(-1, 1).cpu()
+        return self.decode_images(latents).clamp(-1, 1)
+
+    def decode_images(self, latents: Tensor) -> Tensor:
+        """Image latents [B, 4, h, w] -> pixels [B, 3, H, W] (about [-1, 1], not clamped) WITH gradients: a reward
+        on decoded samples trains the student through the VAE (ReFL, models/reward.py)."""
+        vae = self.pipe.vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         z = latents / self.scaling_factor + shift
-        return vae.decode(z.to(vae.device, vae.dtype)).sample.float().clamp(-1, 1)
+        return vae.decode(z.to(vae.device, vae.dtype)).sample.float()
