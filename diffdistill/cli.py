@@ -103,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.set_defaults(func=cmd_export)
 
+    lm = sub.add_parser("merge-lora", help="re-export a LoRA run's student with its adapters merged at --weight "
+                                           "(e.g. a reward-feedback LoRA at 0.5)")
+    lm.add_argument("run")
+    lm.add_argument("--weight", type=float, required=True, help="0 = the base student, 1 = as trained")
+    lm.add_argument("--out", required=True, help="the folder to write (an export)")
+    lm.set_defaults(func=cmd_merge_lora)
+
     c = sub.add_parser("encode", help="captioned images or videos -> latents + prompt embeddings "
                                       "(data: {name: latents})")
     c.add_argument("--pipeline", required=True, help="a local diffusers pipeline folder (its VAE and text encoders)")
@@ -210,6 +217,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     step = json.loads((last / "trainer_state.json").read_text())["step"]
     # output_dir: the folder given here, also when the run was moved or copied since it was trained
     return _train(run_dir / "config.yaml", [f"trainer.max_steps={step}", f"output_dir={run_dir}"], write_config=False)
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    from .models.registry import merge_lora
+
+    out = merge_lora(args.run, args.weight, args.out)
+    print(f"merged the LoRA of {args.run} at weight {args.weight} -> {out}")
+    return 0
 
 
 def _train(recipe: str | Path, overrides: list[str], write_config: bool = True, quiet: bool = False) -> int:

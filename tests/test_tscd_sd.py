@@ -128,3 +128,36 @@ def test_lora_init_from_an_export_without_a_lora_says_what_to_point_it_at(sdxl, 
     _, _, cond = sdxl_cond(tiny_sdxl_pipeline())
     with torch.no_grad():
         torch.testing.assert_close(again(x, t, cond).native, student(x, t, cond).native, rtol=1e-4, atol=1e-4)
+
+
+def test_merge_lora_writes_the_student_with_its_adapters_at_the_chosen_weight(sdxl, tmp_path):
+    """Half weight = the mean of the base and the fully merged weights, parameter by parameter (the update is
+    linear in the scale); the CLI writes it with the run's sampling."""
+    from diffusers import UNet2DConditionModel
+
+    from diffdistill.cli import main
+
+    _, folder, _ = sdxl
+    teacher, student = lora_student(folder, rank=4, alpha=2.0)
+    run_config = {"model": {"kind": "unet", "pretrained": str(folder)},
+                  "method": {"name": "reward_feedback", "student_lora": {"rank": 4, "alpha": 2.0}}}
+    sampling = {"sampler": "tcd", "times": [1.0], "eta": 0.3}
+    export = save_model(student, tmp_path / "run" / "export", {"sampling": sampling, "run_config": run_config})
+    assert main(["merge-lora", str(tmp_path / "run"), "--weight", "0.5", "--out", str(tmp_path / "half")]) == 0
+    full = UNet2DConditionModel.from_pretrained(export, subfolder="unet")
+    half = UNet2DConditionModel.from_pretrained(tmp_path / "half", subfolder="unet")
+    base = teacher.network
+    moved = 0
+    for name, p in half.named_parameters():
+        want = (base.get_parameter(name) + full.get_parameter(name)) / 2
+        torch.testing.assert_close(p, want, rtol=1e-5, atol=1e-6)
+        moved += int(not torch.equal(p, base.get_parameter(name)))
+    assert moved > 0
+    meta = read_export_meta(tmp_path / "half")
+    assert meta["lora_weight"] == 0.5 and meta["sampling"]["sampler"] == "tcd"
+    save_model(teacher, tmp_path / "full-run" / "export", {"sampling": sampling, "run_config": {
+        "model": run_config["model"], "method": {"name": "tscd"}}})
+    with pytest.raises(ValueError, match="did not train a LoRA"):
+        from diffdistill.models.registry import merge_lora
+
+        merge_lora(tmp_path / "full-run", 0.5, tmp_path / "x")

@@ -238,6 +238,17 @@ def role_copy(teacher: DiffusionModel, lora: LoraConfig | None = None) -> Diffus
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"     # diffusers' save_lora_weights file name
 
 
+def scale_lora(network: nn.Module, weight: float) -> int:
+    """Multiply every peft LoRA layer's update by ``weight`` (merge at that weight: 0 = the base, 1 = as trained);
+    returns the number of layers scaled."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in network.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.scale_layer(weight)
+    return len(layers)
+
+
 def load_lora_adapters(network: nn.Module, source: str | Path) -> None:
     """Set ``network``'s injected adapters from ``source``'s LORA_WEIGHTS (diffusers' layout, keys prefixed with
     the network's pipeline name, e.g. ``unet.``). Every adapter must be found, with the same shapes."""

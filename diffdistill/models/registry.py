@@ -142,3 +142,25 @@ def load_model(directory: str | Path) -> DiffusionModel:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def merge_lora(run: str | Path, weight: float, out: str | Path) -> Path:
+    """Re-export a LoRA run's student with its adapters merged at ``weight`` (Hyper-SD merges its feedback LoRA
+    at a chosen weight to trade reward against drift, arXiv:2404.13686 sec. 3.2): the run's base network (its
+    ``student:`` section, else ``model:``) plus ``weight`` x the LoRA its export holds. Writes ``out`` like an export
+    (merged weights, the LoRA scaled, the same sampling) and returns it."""
+    from .base import LoraConfig, role_copy, scale_lora
+
+    export = find_export(run)
+    meta = read_export_meta(export)
+    config = meta.get("run_config") or {}
+    lora = dict((config.get("method") or {}).get("student_lora") or {})
+    if not lora.get("rank"):
+        raise ValueError(f"{str(run)!r} did not train a LoRA student (method.student_lora.rank is 0 or missing): "
+                         "there is nothing to merge at another weight")
+    base = build_model(config.get("student") or config["model"])
+    student = role_copy(base, LoraConfig(**{**lora, "init_from": str(export)}))
+    scale_lora(student.lora_network(), weight)
+    return save_model(student, out, {k: v for k, v in meta.items() if k not in ("format", "model")}
+                      | {"lora_weight": weight, "lora_source": str(export)})
+
