@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffdistill.data import fmnist_to_tensor, load_fashion_mnist
-from diffdistill.metrics.fmnist import FMNISTClassifier, save_evaluator, train_classifier
+from diffdistill.metrics.fmnist import ASSETS, FMNISTClassifier, save_evaluator, train_classifier
 from diffdistill.metrics.frechet import FeatureStats
 
 
@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log", default="evaluation/results/fmnist/classifier_log.json")
+    p.add_argument("--out", default=str(ASSETS), help="the folder to write (default: the shipped evaluator's); a "
+                   "second classifier (another seed) is a reward model that does not grade itself")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     train_x, train_y = load_fashion_mnist("train")
@@ -73,7 +75,7 @@ def main() -> None:
             "lr": args.lr, "seed": args.seed, "test_accuracy": acc, "wall_time_s": round(time.perf_counter() - started, 1),
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
             "parameters": sum(p.numel() for p in net.parameters()), "feature_dim": FMNISTClassifier.feature_dim}
-    save_evaluator(net, FeatureStats.from_features(test_feats), card)
+    save_evaluator(net, FeatureStats.from_features(test_feats), card, args.out)
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     Path(args.log).write_text(json.dumps({"card": card, "epochs": log}, indent=2))
     print(json.dumps(card, indent=2))
