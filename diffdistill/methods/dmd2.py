@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..data import Batch
-from ..models.base import Cond, DiffusionModel, LoraConfig, freeze, guided, role_copy
+from ..models.base import DiffusionModel, LoraConfig, freeze, guided, role_copy
 from ..models.heads import attach_head
 from ..randomness import shared_randint
 from ..inference.sampling import backward_simulate, few_step_sample

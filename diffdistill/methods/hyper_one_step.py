@@ -20,11 +20,10 @@ import torch
 from torch import Tensor
 
 from ..data import Batch
-from ..inference.sampling import tcd_sample
 from ..inference.spec import SamplingSpec
 from ..models.base import DiffusionModel
 from .dmd2 import DMD2, DMD2Config
-from .tscd import consistency_distance, consistency_draw, jump_to, tcd_spec
+from .tscd import consistency_distance, consistency_draw, jump_to, preview_by_spec, tcd_spec
 
 
 @dataclass
@@ -82,11 +81,8 @@ class HyperOneStep(DMD2):
             out["student/consistency"] = self._consistency.detach()
         return loss, out
 
-    @torch.no_grad()
     def preview(self, n: int, seed: int = 0, *, batch: Batch | None = None) -> Tensor:
-        student, noise, cond, _ = self.preview_inputs(n, seed, batch)
-        spec = self.sampling_spec()
-        return tcd_sample(student, noise, torch.tensor(spec.times, dtype=torch.float64), cond, eta=spec.eta)
+        return preview_by_spec(self, n, seed, batch)
 
     def sampling_spec(self) -> SamplingSpec:
         return tcd_spec(self.teacher.schedule, self.cfg.sample_steps, self.cfg.sample_eta, self.num_classes)

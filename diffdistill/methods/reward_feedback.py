@@ -29,7 +29,7 @@ from ..models.base import DiffusionModel, LoraConfig, freeze, role_copy
 from ..models.reward import Reward, RewardConfig, build_reward
 from ..randomness import shared_randint
 from .base import Method, Role
-from .tscd import consistency_distance, consistency_draw, jump_to, tcd_spec
+from .tscd import consistency_distance, consistency_draw, jump_to, preview_by_spec, tcd_spec
 
 
 @dataclass
@@ -109,11 +109,8 @@ class RewardFeedback(Method):
         with torch.no_grad():
             return tcd_sample(self.student, noise, self.times, batch.cond, eta=self.cfg.eta, stop=j)
 
-    @torch.no_grad()
     def preview(self, n: int, seed: int = 0, *, batch: Batch | None = None) -> Tensor:
-        student, noise, cond, _ = self.preview_inputs(n, seed, batch)
-        spec = self.sampling_spec()
-        return tcd_sample(student, noise, torch.tensor(spec.times, dtype=torch.float64), cond, eta=spec.eta)
+        return preview_by_spec(self, n, seed, batch)
 
     def export_model(self) -> DiffusionModel:
         return self.role("student")

@@ -174,14 +174,8 @@ class TSCD(Method):
         return self.cfg.critic_weight * loss, {"critic/gan": loss.detach()}
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
     def preview(self, n: int, seed: int = 0, *, batch: Batch | None = None) -> Tensor:
-        student, noise, cond, _ = self.preview_inputs(n, seed, batch)
-        spec = self.sampling_spec()
-        times = torch.tensor(spec.times, dtype=torch.float64)
-        if spec.sampler == "tcd":
-            return tcd_sample(student, noise, times, cond, eta=spec.eta)
-        return ode_sample(student, noise, times, cond)
+        return preview_by_spec(self, n, seed, batch)
 
     def export_model(self) -> DiffusionModel:
         return self.role("student")
@@ -248,6 +242,17 @@ def consistency_distance(jump: Tensor, target: Tensor, loss: str = "mse", huber_
     if loss == "mse":
         return diff.square().mean()
     return ((diff.square().mean(1) + huber_c * huber_c).sqrt() - huber_c).mean()
+
+
+@torch.no_grad()
+def preview_by_spec(method: Method, n: int, seed: int, batch: Batch | None) -> Tensor:
+    """Preview samples of a consistency-style student on its own sampling spec (TCD, or DDIM on fixed times)."""
+    student, noise, cond, _ = method.preview_inputs(n, seed, batch)
+    spec = method.sampling_spec()
+    times = torch.tensor(spec.times, dtype=torch.float64)
+    if spec.sampler == "tcd":
+        return tcd_sample(student, noise, times, cond, eta=spec.eta)
+    return ode_sample(student, noise, times, cond)
 
 
 def tcd_spec(schedule: Schedule, steps: int, eta: float, num_classes: int) -> SamplingSpec:
