@@ -98,6 +98,14 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
                         v_label = gr.Dropdown(choices=[(name, i) for i, name in
                                                        enumerate(video.student.class_names)], value=0,
                                               label="Class", interactive=True, elem_id="video-class")
+                        steps_choices = video.student_step_choices
+                        v_student_steps = gr.Radio(choices=steps_choices, value=video.student.spec.steps,
+                                                   label="Student steps per chunk", elem_id="video-student-steps",
+                                                   visible=len(steps_choices) > 1)
+                        v_ffe = gr.Radio(choices=[0] + steps_choices, value=video.student.spec.first_chunk_steps
+                                         if video.student.spec.first_chunk_times else 0,
+                                         label="First chunk steps (first-frame enhancement; 0 = off)",
+                                         elem_id="video-ffe", visible=len(steps_choices) > 1)
                         v_steps = gr.Radio(choices=video.teacher.step_choices if video.teacher else [],
                                            value=video.teacher.default_steps if video.teacher else None,
                                            label="Teacher steps (Euler)", visible=video.teacher is not None)
@@ -111,18 +119,19 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
                                                  visible=video.teacher is not None, elem_id="video-teacher")
                         v_timings = gr.Markdown(elem_id="video-timings")
 
-                def on_stream(label_v, steps_v, seed_v):
+                def on_stream(label_v, steps_v, seed_v, student_steps_v=None, ffe_v=None):
                     try:
                         shown: dict = {"student": None, "teacher": None}
                         gifs: dict = {"student": None, "teacher": None}
-                        for update in video.stream(int(label_v), _int(seed_v) or 0, _int(steps_v)):
+                        for update in video.stream(int(label_v), _int(seed_v) or 0, _int(steps_v),
+                                                   student_steps=_int(student_steps_v), ffe=_int(ffe_v)):
                             shown[update.model], gifs[update.model] = update, _clip_gif(update)
                             yield gifs["student"], gifs["teacher"], _video_timings(shown)
                     except ValueError as err:
                         raise gr.Error(str(err), print_exception=False) from None
 
-                v_run.click(on_stream, [v_label, v_steps, v_seed], [v_student, v_teacher, v_timings],
-                            api_name="stream")
+                v_run.click(on_stream, [v_label, v_steps, v_seed, v_student_steps, v_ffe],
+                            [v_student, v_teacher, v_timings], api_name="stream")
 
         def on_generate(label_v, prompt_v, s_steps, t_steps, w, n_v, seed_v, random_v):
             req = Request(label=None if label_v in (None, ALL_CLASSES) else int(label_v), prompt=prompt_v or "",
@@ -251,7 +260,8 @@ def _video_timings(shown: dict) -> str:
     s, t = shown["student"], shown["teacher"]
     lines = ["| | frames | first chunk | seconds | frames/s |", "|---|---:|---:|---:|---:|"]
     if s is not None:
-        lines.append(f"| student | {s.frames.shape[0]}{'' if s.done else ' (streaming)'} | "
+        steps = f"{s.nfe} steps/chunk" + (f", first {s.first_chunk_nfe}" if s.first_chunk_nfe != s.nfe else "")
+        lines.append(f"| student ({steps}) | {s.frames.shape[0]}{'' if s.done else ' (streaming)'} | "
                      f"{s.first_chunk_seconds:.3f} s | {s.seconds:.3f} | {s.frames_per_second:.1f} |")
     if t is not None:
         lines.append(f"| teacher ({t.nfe} NFE) | {t.frames.shape[0]} | - | {t.seconds:.3f} | "

@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="causal video students: generate chunk by chunk, printing each chunk's time as it is ready")
     s.add_argument("--frames", type=int, default=None,
                    help="with --stream: latent frames to generate (default: the trained length; more rolls on)")
+    s.add_argument("--ffe", type=int, default=None, metavar="STEPS",
+                   help="causal students: first-frame enhancement, the first chunk on the student's STEPS-step "
+                        "schedule and the rest on --steps (0: off; default: the export's)")
     s.add_argument("--out", default=None,
                    help="PNG path (default: <export dir>/samples-<sampler>-<steps>steps-seed<seed>.png, never "
                         "overwriting: -2, -3, ... are added); a JSON report is written next to it")
@@ -317,7 +320,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"{str(directory)!r} is a text-conditioned model: pass --prompt TEXT (repeatable) or "
                          "--prompts-file FILE (one prompt per line)")
     model = load_model(directory).eval()
-    plan = user_spec(directory, model, args.steps, args.sampler, args.guidance, args.off_schedule, args.eta)
+    plan = user_spec(directory, model, args.steps, args.sampler, args.guidance, args.off_schedule, args.eta, args.ffe)
     text = uncond = conditioner = None
     if text_model:
         conditioner = _prompt_conditioner(args.pipeline, meta, directory)
@@ -337,6 +340,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                  class_names=class_names(data_name, plan.num_classes))
     report = {"samples": args.n, "steps": plan.steps, "sampler": plan.sampler, "guidance": plan.guidance,
               "nfe": plan.nfe, "seconds": round(seconds, 4), "png": str(out)}
+    if plan.first_chunk_times:                    # first-frame enhancement: the first chunk's own step count
+        report["first_chunk_steps"] = plan.first_chunk_steps
     report.update(streamed)
     if samples.dim() == 5:                        # video: animated clips and, on B2 clips, the video metrics
         report["video"] = [str(p) for p in save_video(samples, out.with_suffix(".gif"), labels=labels,

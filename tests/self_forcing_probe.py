@@ -1,6 +1,6 @@
-"""Launched by test_self_forcing.py under `torchrun --nproc_per_node 2` (accelerate MULTI_CPU, gloo): trains self
-forcing on a tiny class-conditioned Wan through the real trainer and writes, per rank, the exit step each rollout
-drew and the student's weights. Argument: run dir."""
+"""Launched by test_self_forcing.py and test_asd.py under `torchrun --nproc_per_node 2` (accelerate MULTI_CPU, gloo):
+trains self forcing (or ASD) on a tiny class-conditioned Wan through the real trainer and writes, per rank, the exit
+step each rollout drew, ASD's rung draws and the student's weights. Arguments: run dir [method name]."""
 
 import json
 import sys
@@ -34,6 +34,7 @@ class RandomClips:
 
 def main() -> None:
     run_dir = Path(sys.argv[1])
+    name = sys.argv[2] if len(sys.argv) > 2 else "self_forcing"
     opt = OptimizerConfig(lr=1e-3, betas=(0.0, 0.999))
     cfg = TrainerConfig(max_steps=3, batch_size=2, log_every=1, checkpoint_every=10, preview_count=2, cpu=True,
                         optimizers={"student": opt, "critic": opt})
@@ -41,7 +42,7 @@ def main() -> None:
     set_seed(0)
     teacher = build_model({"kind": "wan", "config": {**tiny_wan_config(), "in_channels": 1, "out_channels": 1},
                            "num_classes": 10, "num_frames": 4, "height": 8, "width": 8})
-    method = build_method({"name": "self_forcing", "chunk_frames": 2, "student_times": [1.0, 0.75, 0.5],
+    method = build_method({"name": name, "chunk_frames": 2, "student_times": [1.0, 0.75, 0.5],
                            "student_every": 1}, {"model": teacher}, 10)
     exits = []
     generate = method.generate
@@ -52,9 +53,18 @@ def main() -> None:
         return x, e
 
     method.generate = recording
+    rungs = []
+    if hasattr(method, "draw_rung"):
+        draw = method.draw_rung
+
+        def recording_rung(device):
+            rungs.append(draw(device))
+            return rungs[-1]
+
+        method.draw_rung = recording_rung
     fit(method, RandomClips(accelerator.process_index), cfg, run_dir, accelerator)
     weights = [float(p.detach().double().sum()) for p in method.role("student").parameters()]
-    out = {"rank": accelerator.process_index, "exits": exits, "weights": weights}
+    out = {"rank": accelerator.process_index, "exits": exits, "rungs": rungs, "weights": weights}
     (run_dir / f"sf-rank{accelerator.process_index}.json").write_text(json.dumps(out))
 
 

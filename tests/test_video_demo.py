@@ -34,6 +34,10 @@ def exports(tmp_path_factory):
     student = copy.deepcopy(teacher).make_causal(chunk_frames=2)
     save_model(student, root / "student", {"sampling": {"sampler": "few_step", "times": [1.0, 0.5], "guidance": 1.0,
                                                         "num_classes": 10, "chunk_frames": 2}, **names})
+    ladder = copy.deepcopy(student)
+    save_model(ladder, root / "ladder", {"sampling": {"sampler": "few_step", "times": [1.0], "guidance": 1.0,
+                                                      "num_classes": 10, "chunk_frames": 2,
+                                                      "ladder": [[1.0], [1.0, 0.5]]}, **names})
     return root / "student", root / "teacher"
 
 
@@ -48,6 +52,20 @@ def test_the_student_streams_chunk_by_chunk_then_the_teacher_shows_its_clip(expo
     assert updates[2].nfe == 8 and updates[0].nfe == 2
     again = list(engine.stream(label=3, seed=7, teacher_steps=4))
     assert torch.equal(again[1].frames, updates[1].frames)                # same seed, same clip
+
+
+def test_a_ladder_student_streams_any_rung_and_first_frame_enhancement(exports):
+    """An ASD-style student (a ladder of 1 and 2 steps): the tab offers both; with first-frame enhancement the first
+    chunk is exactly the 2-step clip's first chunk (same seed) and the later chunks are the 1-step clip's."""
+    engine = VideoSideBySide(exports[0].parent / "ladder", device="cpu")
+    assert engine.student_step_choices == [1, 2]
+    one, two, ffe = (list(engine.stream(label=3, seed=7, student_steps=s, ffe=f))[-1]
+                     for s, f in ((1, 0), (2, 0), (1, 2)))
+    assert (one.nfe, one.first_chunk_nfe, ffe.nfe, ffe.first_chunk_nfe, two.nfe) == (1, 1, 1, 2, 2)
+    assert torch.equal(ffe.frames[:2], two.frames[:2]) and not torch.equal(ffe.frames[:2], one.frames[:2])
+    assert not torch.equal(ffe.frames[2:], two.frames[2:])
+    with pytest.raises(ValueError, match="student steps must be one of \\[1, 2\\]"):
+        next(engine.stream(label=3, student_steps=4))
 
 
 def test_the_video_tab_refuses_what_it_cannot_stream(exports):
@@ -77,7 +95,7 @@ def test_the_app_streams_through_gradio(exports):
     args = ["--video-student", str(student), "--video-teacher", str(teacher)]
     with screenshot.running_demo(args, command=[sys.executable, "-m", "diffdistill.cli", "demo"], env=ENV) as url:
         client = Client(url, verbose=False)
-        student_gif, teacher_gif, timings = client.predict(5, 4, 3, api_name="/stream")
+        student_gif, teacher_gif, timings = client.predict(5, 4, 3, 2, 0, api_name="/stream")
     path = lambda out: Path(out["path"] if isinstance(out, dict) else out)       # noqa: E731 (client versions)
     assert path(student_gif).suffix == ".gif" and path(teacher_gif).suffix == ".gif"
     assert "first chunk" in timings and "Streaming speed-up" in timings

@@ -155,16 +155,18 @@ def test_the_wan21_recipe_trains_on_encoded_clips_with_a_tiny_pipeline_swapped_i
     assert json.loads((out / "export" / "scheduler" / "scheduler_config.json").read_text())["shift"] == 3.0
 
 
-def test_the_wan21_self_forcing_recipe_runs_two_steps_on_a_tiny_wan(wan, tmp_path):
-    """recipes/video/wan21_t2v_1.3b_self_forcing.yaml as shipped (chunks of 3 latent frames, 4 warped steps, TTUR),
-    with the tiny pipeline and 21-frame clips (6 latent frames: 2 chunks) swapped in: a student and a critic step on
-    prompts encoded by umT5, and a causal export that loads as a stock WanTransformer3DModel."""
+@pytest.mark.parametrize("name", ["self_forcing", "asd"])
+def test_the_wan21_causal_recipes_run_two_steps_on_a_tiny_wan(wan, tmp_path, name):
+    """recipes/video/wan21_t2v_1.3b_{self_forcing,asd}.yaml as shipped (chunks of 3 latent frames, 4 warped steps,
+    TTUR; ASD's ladder and discriminator), with the tiny pipeline and 21-frame clips (6 latent frames: 2 chunks)
+    swapped in: a student and a critic step on prompts encoded by umT5, and a causal export that loads as a stock
+    WanTransformer3DModel."""
     from diffusers import WanTransformer3DModel
 
     _, folder, _ = wan
     latents = encode_folder(folder, write_videos(tmp_path / "videos", count=2, frames=21), tmp_path / "latents",
                             clip=ClipSize(frames=21, height=16, width=16))
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "video" / "wan21_t2v_1.3b_self_forcing.yaml"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "video" / f"wan21_t2v_1.3b_{name}.yaml"
     out = tmp_path / "run"
     assert main(["train", str(recipe), f"model.pretrained={folder}", f"data.path={latents}", "model.num_frames=6",
                  "model.height=2", "model.width=2", "model.dtype=float32", "trainer.mixed_precision=no",
@@ -173,4 +175,7 @@ def test_the_wan21_self_forcing_recipe_runs_two_steps_on_a_tiny_wan(wan, tmp_pat
     assert np.isfinite(lines[0]["student/dm"]) and np.isfinite(lines[1]["critic/denoise"])
     meta = json.loads((out / "export" / "diffdistill.json").read_text())
     assert meta["sampling"]["chunk_frames"] == 3 and meta["sampling"]["guidance"] == 1.0
+    if name == "asd":
+        assert np.isfinite(lines[0]["student/asd"]) and np.isfinite(lines[1]["critic/gan"])
+        assert len(meta["sampling"]["times"]) == 1 and len(meta["sampling"]["first_chunk_times"]) == 4
     assert WanTransformer3DModel.from_pretrained(out / "export" / "transformer").config.num_layers == 2

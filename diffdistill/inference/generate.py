@@ -30,14 +30,15 @@ from .spec import Sampler, SamplingSpec
 
 def export_spec(directory: str | Path, model: DiffusionModel, steps: int | None = None,
                 sampler: Sampler | None = None, guidance: float | None = None,
-                eta: float | None = None) -> SamplingSpec:
+                eta: float | None = None, ffe: int | None = None) -> SamplingSpec:
     """The sampling spec an export records (``diffdistill.json``), with a user's overrides."""
     info = read_export_meta(directory).get("sampling", {})
-    return SamplingSpec.from_dict(info, model.schedule).override(model.schedule, steps, sampler, guidance, eta)
+    return SamplingSpec.from_dict(info, model.schedule).override(model.schedule, steps, sampler, guidance, eta, ffe)
 
 
 def user_spec(directory: str | Path, model: DiffusionModel, steps: int | None, sampler: Sampler | None,
-              guidance: float | None, off_schedule: bool, eta: float | None = None) -> SamplingSpec:
+              guidance: float | None, off_schedule: bool, eta: float | None = None,
+              ffe: int | None = None) -> SamplingSpec:
     """:func:`export_spec` for a user's command-line choices: a distilled student sampled off the steps it was
     trained for is refused unless ``off_schedule`` (then warned on stderr)."""
     problem = export_spec(directory, model).off_schedule(steps, sampler)
@@ -45,7 +46,7 @@ def user_spec(directory: str | Path, model: DiffusionModel, steps: int | None, s
         raise ValueError(f"{problem}. Sample it as exported (drop --steps / --sampler), or pass --off-schedule")
     if problem:
         print(f"warning: {problem}", file=sys.stderr)
-    return export_spec(directory, model, steps, sampler, guidance, eta)
+    return export_spec(directory, model, steps, sampler, guidance, eta, ffe)
 
 
 def class_labels(n: int, num_classes: int, first: int = 0) -> Tensor | None:
@@ -73,7 +74,8 @@ def run_spec(spec: SamplingSpec, net: DiffusionModel, noise: Tensor, cond: Cond 
     times = torch.tensor(spec.times, dtype=torch.float64)
     if spec.chunk_frames:                  # causal students: chunk by chunk, each chunk on the few-step times
         return causal_sample(net, noise, times, cond, fresh=chunk_noise(noise_rule, indices, spec.chunk_frames,
-                                                                         noise.device))
+                                                                         noise.device),
+                             first_times=spec.first_chunk_times)
     if spec.sampler == "ode":
         return ode_sample(net, noise, times, cond)
     if spec.sampler == "tcd":
@@ -139,7 +141,8 @@ def stream(model: DiffusionModel, spec: SamplingSpec, n: int, seed: int = 0, lab
     sync(device)
     start = time.perf_counter()
     chunks = stream_chunks(model, noise, torch.tensor(spec.times, dtype=torch.float64), cond,
-                           fresh=chunk_noise(rule, indices, spec.chunk_frames, device))
+                           fresh=chunk_noise(rule, indices, spec.chunk_frames, device),
+                           first_times=spec.first_chunk_times)
     for k, chunk in enumerate(chunks):
         sync(device)
         yield k, chunk.cpu(), time.perf_counter() - start

@@ -34,6 +34,7 @@ class VideoUpdate:
     first_chunk_seconds: float | None   # student: time to its first chunk
     done: bool                          # this model's clip is complete
     nfe: int                            # network evaluations per chunk (student) or per clip (teacher)
+    first_chunk_nfe: int | None = None  # student: the first chunk's (more under first-frame enhancement)
 
     @property
     def frames_per_second(self) -> float:
@@ -55,23 +56,35 @@ class VideoSideBySide:
                 raise ValueError(f"{str(m.directory)!r} is text-conditioned; the video tab streams class-conditioned "
                                  "clips (benchmark B2); use `diffdistill sample --stream --prompt` for text models")
 
+    @property
+    def student_step_choices(self) -> list[int]:
+        """The step counts the student serves: its ladder's (an ASD student: 1, 2, 4) or its own."""
+        spec = self.student.spec
+        return [len(r) for r in spec.ladder] or [spec.steps]
+
     def stream(self, label: int, seed: int | None = 0, teacher_steps: int | None = None,
-               guidance: float | None = None) -> Iterator[VideoUpdate]:
-        """The student's frames after every chunk, then the teacher's clip (same seed, same class)."""
+               guidance: float | None = None, student_steps: int | None = None,
+               ffe: int | None = None) -> Iterator[VideoUpdate]:
+        """The student's frames after every chunk, then the teacher's clip (same seed, same class). ``student_steps``
+        picks a rung of the student's ladder; ``ffe`` gives the first chunk that many steps (first-frame
+        enhancement; 0: off; None: the export's setting)."""
         if not 0 <= label < self.student.num_classes:
             raise ValueError(f"class must be in 0..{self.student.num_classes - 1}, got {label}")
+        if student_steps is not None and student_steps not in self.student_step_choices:
+            raise ValueError(f"student steps must be one of {self.student_step_choices}, got {student_steps}")
         if teacher_steps is not None and self.teacher is not None and teacher_steps not in self.teacher.step_choices:
             raise ValueError(f"teacher steps must be one of {self.teacher.step_choices}, got {teacher_steps}")
         seed = random.randint(0, MAX_SEED) if seed is None else seed
         labels = torch.tensor([label])
         chunks: list[Tensor] = []
         first = None
-        spec = self.student.spec
+        spec = self.student.spec.override(self.student.model.schedule, student_steps, ffe=ffe)
         for k, chunk, seconds in stream(self.student.model, spec, 1, seed, labels):
             chunks.append(chunk[0])
             first = seconds if first is None else first
             yield VideoUpdate("student", torch.cat(chunks).clamp(-1, 1), seconds, first,
-                              done=sum(c.shape[0] for c in chunks) >= self.student.model.data_shape[0], nfe=spec.steps)
+                              done=sum(c.shape[0] for c in chunks) >= self.student.model.data_shape[0], nfe=spec.steps,
+                              first_chunk_nfe=spec.first_chunk_steps)
         if self.teacher is not None:
             t = self.teacher
             plan = t.spec.override(t.model.schedule, teacher_steps, guidance=guidance)

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..config import ConfigError, Section, from_dict, unknown_key_error
 from ..models.base import DiffusionModel
+from .asd import ASD, ASDConfig
 from .base import Method, Role
 from .dmd2 import DMD2, DMD2Config
 from .hyper_one_step import HyperOneStep, HyperOneStepConfig
@@ -33,6 +34,9 @@ METHODS: dict[str, tuple[type, type[Method], str]] = {
                         "LoRA on a finished student trained to raise a reward model's score, with a consistency term"),
     "self_forcing": (SelfForcingConfig, SelfForcing, "Self Forcing: a block-causal video student trained with DMD on "
                      "its own streaming rollouts (KV cache, gradient truncation)"),
+    "asd": (ASDConfig, ASD, "adversarial self-distillation: self forcing plus a discriminator pushing the student's "
+            "n-step rollout toward its own (n+1)-step one; one causal student for 1, 2 and 4 steps "
+            "(arXiv:2511.01419)"),
 }
 
 

@@ -31,13 +31,13 @@ import torch
 from torch import Tensor
 
 from ..data import Batch
-from ..models.base import DiffusionModel, LoraConfig, freeze, guided, role_copy
+from ..models.base import Cond, DiffusionModel, LoraConfig, freeze, guided, role_copy
 from ..models.heads import attach_head
 from ..randomness import shared_randint
 from ..inference.sampling import backward_simulate, few_step_sample
 from ..inference.spec import SamplingSpec
 from .base import Method
-from .losses import denoising_loss, dmd_loss, gan_discriminator_loss, gan_generator_loss
+from .losses import denoising_loss, dmd_loss, finite_difference_penalty, gan_discriminator_loss, gan_generator_loss
 
 
 @dataclass
@@ -118,8 +118,7 @@ class DMD2(Method):
         loss, logs = dmd_loss(x_gen, real_x0, fake_x0)
         out = {"student/dm": loss.detach(), "student/dm_grad_norm": logs["dm_grad_norm"], "student/k": torch.tensor(float(k))}
         if self.cfg.gan_student_weight > 0:     # gradient reaches x_gen through the critic (its own grads are dropped)
-            logits = self.critic(*self._noised(x_gen), batch.cond).logits
-            gan = gan_generator_loss(logits)
+            gan = gan_generator_loss(self.discriminate(x_gen, batch.cond))
             loss = loss + self.cfg.gan_student_weight * gan
             out["student/gan"] = gan.detach()
         return loss, out
@@ -134,21 +133,44 @@ class DMD2(Method):
             return loss, {"critic/denoise": loss.detach()}
         return self._critic_loss_with_gan(batch, x_gen)
 
-    def _critic_loss_with_gan(self, batch: Batch, x_gen: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Denoising on x_gen and the discriminator loss (real vs x_gen, each noised at random t) in ONE critic
-        forward: DDP cannot take several forwards of a module before one backward."""
+    def _critic_loss_with_gan(self, batch: Batch, x_gen: Tensor, real: Tensor | None = None,
+                              fake: Tensor | None = None, weight: float | None = None, fd_weight: float = 0.0,
+                              fd_sigma: float = 0.01) -> tuple[Tensor, dict[str, Tensor]]:
+        """Denoising on x_gen and the discriminator loss (``real``, default the data, against ``fake``, default
+        x_gen; each noised at random t) in ONE critic forward: DDP cannot take several forwards of a module before
+        one backward. ``fd_weight`` adds the finite-difference R1 + R2 penalty (Self Forcing's GAN, arXiv:2506.08009,
+        sec. 3.4): the logits' change under a ``fd_sigma`` perturbation of each side's input, scaled like the
+        discriminator loss (``weight``, default gan_critic_weight)."""
         schedule, n = self.critic.schedule, x_gen.shape[0]
+        real, fake = (batch.x0 if real is None else real), (x_gen if fake is None else fake)
+        weight = self.cfg.gan_critic_weight if weight is None else weight
         t = schedule.sample_t(n, device=x_gen.device)
         eps = torch.randn_like(x_gen)
-        (real_t, t_real), (fake_t, t_fake) = self._noised(batch.x0), self._noised(x_gen)
-        cond = batch.cond.cat(batch.cond).cat(batch.cond)
-        pred = self.critic(torch.cat([schedule.add_noise(x_gen, eps, t), real_t, fake_t]),
-                           torch.cat([t, t_real, t_fake]), cond)
+        (real_t, t_real), (fake_t, t_fake) = self._noised(real), self._noised(fake)
+        inputs, times = [schedule.add_noise(x_gen, eps, t), real_t, fake_t], [t, t_real, t_fake]
+        if fd_weight > 0:
+            inputs += [real_t + fd_sigma * torch.randn_like(real_t), fake_t + fd_sigma * torch.randn_like(fake_t)]
+            times += [t_real, t_fake]
+        cond = batch.cond
+        for _ in inputs[1:]:
+            cond = cond.cat(batch.cond)
+        pred = self.critic(torch.cat(inputs), torch.cat(times), cond)
         target = schedule.target(pred.kind, x_gen, eps, t)
         denoise = torch.nn.functional.mse_loss(pred.native[:n].float(), target.float())
-        real_logits, fake_logits = pred.logits[n:].chunk(2)
-        disc = gan_discriminator_loss(real_logits, fake_logits)
-        return denoise + self.cfg.gan_critic_weight * disc, {"critic/denoise": denoise.detach(), "critic/gan": disc.detach()}
+        logits = pred.logits[n:].split(n)
+        disc = gan_discriminator_loss(logits[0], logits[1])
+        out = {"critic/denoise": denoise.detach(), "critic/gan": disc.detach()}
+        if fd_weight > 0:
+            reg = finite_difference_penalty(logits[0], logits[2]) + finite_difference_penalty(logits[1], logits[3])
+            disc = disc + fd_weight * reg
+            out["critic/fd_reg"] = reg.detach()
+        return denoise + weight * disc, out
+
+    def discriminate(self, x0: Tensor, cond: Cond | None) -> Tensor:
+        """The discriminator's logits [B] on ``x0`` noised at random t, for a generator loss. It runs the critic
+        WITHOUT its distributed wrapper: only the head's path gets gradients here (the output layers do not), which
+        DDP would take for a missed reduction; the critic's gradients from a student phase are dropped anyway."""
+        return self.role("critic")(*self._noised(x0), cond).logits
 
     def _noised(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         """Diffusion-GAN input (DMD2 sec. 4.3): x0 noised at t ~ U[0, 1]."""

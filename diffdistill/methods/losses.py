@@ -81,3 +81,10 @@ def gan_generator_loss(fake_logits: Tensor) -> Tensor:
 def gan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """softplus(D(fake)) + softplus(-D(real)): the logistic discriminator loss."""
     return F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
+
+
+def finite_difference_penalty(logits: Tensor, perturbed_logits: Tensor) -> Tensor:
+    """The finite-difference form of the R1 / R2 gradient penalty (Self Forcing's GAN, arXiv:2506.08009, sec. 3.4;
+    APT, arXiv:2501.08316, its "approximated R1"): mean (D(x) - D(x + sigma eps))^2, about sigma^2 |grad_x D|^2, with no double
+    backward (so it runs under FSDP and with fused attention)."""
+    return (logits.float() - perturbed_logits.float()).square().mean()

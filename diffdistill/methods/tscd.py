@@ -109,6 +109,7 @@ class StagePlan:
 
 class TSCD(Method):
     requires_ema = True
+    partial_updates = True      # the discriminator trains through its head only: its output layers get no gradient
 
     def __init__(self, cfg: TSCDConfig, teacher: DiffusionModel, num_classes: int = 0,
                  student: DiffusionModel | None = None, critic: DiffusionModel | None = None) -> None:
@@ -159,8 +160,9 @@ class TSCD(Method):
                                "student/segments": torch.tensor(float(self.plan.segments[self.stage])),
                                "student/jump": (t_n - t_end).float().mean()}
         weight = self.plan.weights[self.stage]
-        if weight > 0:           # gradient reaches the jump through the discriminator (its own grads are dropped)
-            gan = gan_generator_loss(self.critic(jump, t_end, batch.cond).logits)
+        if weight > 0:           # gradient reaches the jump through the discriminator (its own grads are dropped;
+            # unwrapped: DDP would take its unused output layers for a missed reduction, see DMD2.discriminate)
+            gan = gan_generator_loss(self.role("critic")(jump, t_end, batch.cond).logits)
             loss = loss + weight * gan
             out["student/gan"] = gan.detach()
         return loss, out

@@ -382,6 +382,15 @@ class DiffusersWan(_DiffusersAdapter):
     def network(self) -> nn.Module:
         return self.transformer
 
+    def feature_spec(self):
+        """The hidden states [B, L, D] after the middle transformer block: the critic's features a discriminator head
+        reads (Self Forcing's GAN classifies the fake score's features, arXiv:2506.08009 sec. 3.4)."""
+        from .heads import FeatureSpec
+
+        middle = len(self.transformer.blocks) // 2
+        return FeatureSpec(f"transformer.blocks.{middle}", self.transformer.config.num_attention_heads
+                           * self.transformer.config.attention_head_dim, spatial=False, tokens=True)
+
     def make_causal(self, chunk_frames: int, window_chunks: int = 0) -> "DiffusersWan":
         """Turn this (bidirectional) Wan block-causal in place: same weights, our self-attention processor; the
         export records the chunking. Self forcing's student starts as such a copy of the teacher."""

@@ -17,16 +17,20 @@ from .base import DiffusionModel
 
 @dataclass
 class FeatureSpec:
-    """Where a model's discriminator features come from: a submodule name, its channels, spatial (4-D) or flat."""
+    """Where a model's discriminator features come from: a submodule name, its channels, spatial (4-D), flat
+    ([B, C]) or a token sequence ([B, L, C]: a transformer's hidden states)."""
 
     module: str
     channels: int
     spatial: bool
+    tokens: bool = False
 
 
 class GANHead(nn.Module):
     """Features -> one logit per sample. Spatial [B, C, h, w]: stride-2 conv blocks down to <= 4x4, then a conv to
-    one channel averaged over positions; flat [B, C]: a two-layer MLP. Shapes: -> [B]."""
+    one channel averaged over positions; flat [B, C]: a two-layer MLP; tokens [B, L, C]: a normalised two-layer MLP
+    per token, its logits averaged over the tokens (a patch discriminator on a transformer's hidden states).
+    Shapes: -> [B]."""
 
     def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()
@@ -37,6 +41,9 @@ class GANHead(nn.Module):
             self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(width, width, 4, 2, 1),
                                                        nn.GroupNorm(groups, width), nn.SiLU()) for i in range(3)])
             self.out = nn.Conv2d(width, 1, 1)
+        elif spec.tokens:
+            self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.SiLU())])
+            self.out = nn.Linear(width, 1)
         else:
             self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(spec.channels, width), nn.SiLU())])
             self.out = nn.Linear(width, 1)

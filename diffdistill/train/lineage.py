@@ -76,3 +76,15 @@ def total_training(meta: dict[str, Any]) -> tuple[int | None, float | None]:
     parts = [meta.get("train_seconds"), *(s["seconds"] for s in stages)]
     seconds = None if any(p is None for p in parts) else round(sum(parts), 1)
     return steps, seconds
+
+
+def export_training(directory: str | Path) -> dict[str, Any]:
+    """Training steps and wall time of the model in export ``directory``, all stages added up, for benchmark tables.
+    Exports written before the trainer recorded ``train_seconds`` fall back to their run's metrics.jsonl."""
+    directory = Path(directory)
+    meta_path = directory / "diffdistill.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta.get("train_seconds") is None:
+        meta = meta | {"train_seconds": run_log_seconds(directory.parent, meta.get("trained_steps"))}
+    steps, seconds = total_training(meta)
+    return {"trained_steps": steps, "train_seconds": seconds, "stages": 1 + len(meta.get("earlier_stages", []))}

@@ -23,19 +23,9 @@ from bench import save_class_grid
 
 from diffdistill.eval.sweep import sample_setting
 from diffdistill.inference.generate import export_spec
-from diffdistill.train.lineage import run_log_seconds, total_training
+from diffdistill.train.lineage import export_training
 from diffdistill.metrics.fmnist import FMNISTEvaluator
-from diffdistill.models.registry import find_export, load_model, read_export_meta
-
-
-def run_stats(export: Path) -> dict:
-    """Training steps and wall time of the model in ``export``, all stages added up (trainer.init_from lineage).
-    Exports written before the trainer recorded ``train_seconds`` fall back to their run's metrics.jsonl."""
-    meta = read_export_meta(export)
-    if meta.get("train_seconds") is None:
-        meta = meta | {"train_seconds": run_log_seconds(export.parent, meta.get("trained_steps"))}
-    steps, seconds = total_training(meta)
-    return {"trained_steps": steps, "train_seconds": seconds, "stages": 1 + len(meta.get("earlier_stages", []))}
+from diffdistill.models.registry import find_export, load_model
 
 
 def main() -> None:
@@ -86,7 +76,7 @@ def main() -> None:
         spec = export_spec(export, model, steps, eta=args.eta if spec.sampler == "tcd" else None)
         images, labels, seconds = sample_setting(model, spec, args.n, args.batch, args.seed)
         rows.append({"name": name, "steps": spec.steps, "nfe": spec.nfe, **evaluator.score(images, labels).as_dict(),
-                     "images_per_s": args.n / seconds, **run_stats(export)})
+                     "images_per_s": args.n / seconds, **export_training(export)})
         save_class_grid(images, labels, out / f"{args.name}_{name}.png")
     reference = rows[0]["images_per_s"] if args.teacher_steps > 0 else None
     for row in rows:
