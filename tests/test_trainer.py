@@ -264,3 +264,17 @@ def test_lr_factor_warms_up_then_decays_on_a_cosine_to_its_floor():
     assert lr_factor(cfg, 200) == pytest.approx(0.55) and lr_factor(cfg, 300) == pytest.approx(0.1)
     assert lr_factor(cfg, 5000) == pytest.approx(0.1)
     assert lr_factor(OptimizerConfig(warmup_steps=4), 1000) == 1.0                  # no decay: constant
+
+
+def test_the_export_holds_the_ema_and_the_run_keeps_its_own_weights(tmp_path):
+    """The main process writes the EMA weights into the export and gives the trained role its own weights back (an
+    export that left the EMA in place made rank 0's weights differ from the other ranks' after a run)."""
+    from safetensors.torch import load_file
+
+    teacher = Teacher(TeacherConfig(preview_steps=4), MLPDenoiser(MLPConfig(hidden=16)))
+    result = run_fit(teacher, trainer_cfg(max_steps=6, ema_decay=0.5), tmp_path)
+    trained = {k: v.clone() for k, v in teacher.role("model").state_dict().items()}
+    exported = load_file(result.export_dir / "model.safetensors")
+    ema = load_model(result.export_dir).state_dict()
+    assert any(not torch.equal(trained[k], exported[k]) for k in exported)      # the export is not the raw weights
+    assert all(torch.equal(ema[k], exported[k]) for k in exported)

@@ -159,7 +159,8 @@ class Method(nn.Module):
         return n, pick(batch.cond), pick(batch.uncond)
 
     def export_model(self) -> DiffusionModel:  # pragma: no cover
-        """The model a run exports (the student; the trainer swaps in its EMA weights when it keeps one)."""
+        """The model a run exports (the student; the trainer swaps in its EMA weights when it keeps an EMA of this
+        very role)."""
         raise NotImplementedError
 
     def sampling_spec(self) -> SamplingSpec:  # pragma: no cover

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..data import Batch
 from ..models.base import Cond, DiffusionModel, LoraConfig, freeze, guided, role_copy
-from ..models.heads import attach_head
+from ..models.heads import attach_head, generator_logits
 from ..randomness import shared_randint
 from ..inference.sampling import backward_simulate, few_step_sample
 from ..inference.spec import SamplingSpec
@@ -167,10 +167,9 @@ class DMD2(Method):
         return denoise + weight * disc, out
 
     def discriminate(self, x0: Tensor, cond: Cond | None) -> Tensor:
-        """The discriminator's logits [B] on ``x0`` noised at random t, for a generator loss. It runs the critic
-        WITHOUT its distributed wrapper: only the head's path gets gradients here (the output layers do not), which
-        DDP would take for a missed reduction; the critic's gradients from a student phase are dropped anyway."""
-        return self.role("critic")(*self._noised(x0), cond).logits
+        """The discriminator's logits [B] on ``x0`` noised at random t, for a generator loss (gradient to ``x0``
+        only; models/heads.generator_logits)."""
+        return generator_logits(self.role("critic"), *self._noised(x0), cond)
 
     def _noised(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         """Diffusion-GAN input (DMD2 sec. 4.3): x0 noised at t ~ U[0, 1]."""

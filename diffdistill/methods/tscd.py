@@ -42,7 +42,7 @@ from ..data import Batch
 from ..inference.sampling import ode_sample, tcd_sample
 from ..inference.spec import SamplingSpec
 from ..models.base import DiffusionModel, LoraConfig, freeze, guided, role_copy
-from ..models.heads import attach_head
+from ..models.heads import attach_head, generator_logits
 from ..schedule import Schedule
 from .base import Method, Role
 from .losses import gan_discriminator_loss, gan_generator_loss
@@ -160,9 +160,8 @@ class TSCD(Method):
                                "student/segments": torch.tensor(float(self.plan.segments[self.stage])),
                                "student/jump": (t_n - t_end).float().mean()}
         weight = self.plan.weights[self.stage]
-        if weight > 0:           # gradient reaches the jump through the discriminator (its own grads are dropped;
-            # unwrapped: DDP would take its unused output layers for a missed reduction, see DMD2.discriminate)
-            gan = gan_generator_loss(self.role("critic")(jump, t_end, batch.cond).logits)
+        if weight > 0:           # gradient reaches the jump through the discriminator (frozen for this forward)
+            gan = gan_generator_loss(generator_logits(self.role("critic"), jump, t_end, batch.cond))
             loss = loss + weight * gan
             out["student/gan"] = gan.detach()
         return loss, out
@@ -170,7 +169,8 @@ class TSCD(Method):
     def _critic_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Discriminator: target jumps (real) against student jumps (fake), one critic forward (DDP)."""
         jump, target, t_end, _ = self.jumps(batch, with_grad=False)
-        logits = self.critic(torch.cat([target, jump]), torch.cat([t_end, t_end]), batch.cond.cat(batch.cond)).logits
+        logits = self.critic(torch.cat([target, jump]), torch.cat([t_end, t_end]), batch.cond.cat(batch.cond),
+                             logits_only=True).logits
         real, fake = logits.chunk(2)
         loss = gan_discriminator_loss(real, fake)
         return self.cfg.critic_weight * loss, {"critic/gan": loss.detach()}

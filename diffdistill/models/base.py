@@ -112,10 +112,18 @@ class DiffusionModel(nn.Module):
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Prediction:
+    def forward(self, x_t: Tensor, t: Tensor, cond: Cond | None = None, *, logits_only: bool = False) -> Prediction:
+        """``logits_only``: a discriminator forward whose loss reads only ``pred.logits``; the prediction comes back
+        detached, so a DDP wrapper that looks for unused parameters (``Method.partial_updates``) sees the output
+        layers as unused instead of waiting for their gradients."""
         t = _per_sample_t(t, x_t)
         native = self.predict(x_t, t, as_cond(cond))
-        return Prediction(native, self.kind, x_t, t, self.schedule, self._head_logits())
+        logits = self._head_logits()
+        if logits_only:
+            if logits is None:
+                raise ValueError(f"{type(self).__name__} has no discriminator head: attach_head(model) first")
+            native = native.detach()
+        return Prediction(native, self.kind, x_t, t, self.schedule, logits)
 
     def feature_spec(self):
         """Where a discriminator head reads this model's features (a ``heads.FeatureSpec``)."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from torch import Tensor, nn
 
-from .base import DiffusionModel
+from .base import Cond, DiffusionModel
 
 
 @dataclass
@@ -72,3 +74,23 @@ def attach_head(model: DiffusionModel) -> GANHead:
 
 def _keep_features(module: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
     module._gan_features = output[0] if isinstance(output, tuple) else output
+
+
+def generator_logits(critic: DiffusionModel, x_t: Tensor, t: Tensor, cond: Cond | None) -> Tensor:
+    """The discriminator's logits [B] on ``x_t`` for a GENERATOR loss: the gradient flows to ``x_t`` only.
+
+    ``critic`` must be the unwrapped network (``Method.role("critic")``). Its parameters are frozen for this forward,
+    so its distributed wrapper's gradient hooks never fire in a student phase: under DDP a parameter gradient outside
+    the wrapper's forward breaks the next reduction ("marked ready twice"), and the wrapper's own forward would expect
+    gradients for the output layers the logits do not use."""
+    trainable = [p for p in critic.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        logits = critic(x_t, t, cond).logits
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    if logits is None:
+        raise ValueError(f"{type(critic).__name__} has no discriminator head: attach_head(critic) first")
+    return logits

@@ -20,6 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -225,9 +226,9 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     export_dir = run_dir / "export"
     if accelerator.is_main_process:
         _preview(method, ema, ema_group, cfg, run_dir / "samples" / "final.png", data, names)
-        save_model(_export(method, ema), export_dir,
-                   {"run_config": run_config or {}, "sampling": method.sampling_spec().to_dict(), "trained_steps": step,
-                    "train_seconds": train_seconds, "earlier_stages": lineage})
+        _save_export(method, ema, ema_group, export_dir,
+                     {"run_config": run_config or {}, "sampling": method.sampling_spec().to_dict(),
+                      "trained_steps": step, "train_seconds": train_seconds, "earlier_stages": lineage})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return FitResult(step, run_dir, export_dir, logs, first_step, train_seconds)
@@ -418,23 +419,37 @@ def _truncate_log(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def _export(method: Method, ema: AveragedModel | None):
-    model = method.export_model()
-    if ema is not None:
-        model.load_state_dict(ema.module.state_dict())
-    return model
-
-
-def _preview(method: Method, ema: AveragedModel | None, ema_group: str, cfg: TrainerConfig, path: Path,
-             data: DataStream, names: list[str]) -> None:
-    """Sample with the EMA weights when there are any (swapped in for the call, then restored); text models take
-    the prompts of the data's batch 0 (the same images at every preview, and in an export that took no step)."""
+@contextlib.contextmanager
+def _ema_weights(method: Method, ema: AveragedModel | None, ema_group: str) -> Iterator[None]:
+    """Inside: the EMA group's role holds the EMA weights (when there is an EMA); after: its own weights again, so a
+    preview or an export on the main process never leaves the ranks' training weights apart."""
     role = method.role(ema_group)
     backup = None
     if ema is not None:
         backup = {k: v.detach().clone() for k, v in role.state_dict().items()}
         role.load_state_dict(ema.module.state_dict())
     try:
+        yield
+    finally:
+        if backup is not None:
+            role.load_state_dict(backup)
+
+
+def _save_export(method: Method, ema: AveragedModel | None, ema_group: str, export_dir: Path,
+                 meta: dict[str, Any]) -> None:
+    """Write the method's export model, with the EMA weights when the EMA is of that very role (an EMA of another
+    role, e.g. the critic, is not the export's)."""
+    model = method.export_model()
+    use_ema = ema is not None and model is method.role(ema_group)
+    with _ema_weights(method, ema if use_ema else None, ema_group):
+        save_model(model, export_dir, meta)
+
+
+def _preview(method: Method, ema: AveragedModel | None, ema_group: str, cfg: TrainerConfig, path: Path,
+             data: DataStream, names: list[str]) -> None:
+    """Sample with the EMA weights when there are any (swapped in for the call, then restored); text models take
+    the prompts of the data's batch 0 (the same images at every preview, and in an export that took no step)."""
+    with _ema_weights(method, ema, ema_group):
         device = next(method.role(ema_group).parameters()).device
         samples = method.preview(cfg.preview_count, batch=batch_at(data, 0).to(device))
         # class models preview classes 0, 1, ..., C-1, 0, ... (Method.preview_cond): a row per class in the grid
@@ -442,8 +457,5 @@ def _preview(method: Method, ema: AveragedModel | None, ema_group: str, cfg: Tra
         save_samples(samples, path, title=path.stem, labels=labels, class_names=names)
         if samples.dim() == 5:                    # video: the clips move in a GIF next to the frame strips
             save_video(samples, path.with_suffix(".gif"), labels=labels, class_names=names)
-    finally:
-        if backup is not None:
-            role.load_state_dict(backup)
     if not math.isfinite(float(samples.float().abs().mean())):
         raise NonFiniteLossError(f"preview samples at {path.name} are not finite")
