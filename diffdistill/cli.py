@@ -268,8 +268,10 @@ def _train_locked(run: ResolvedRun, run_dir: Path, accelerator: Any, write_confi
     method = build_method(run.method, models, run.data.config.num_classes)
     data = open_stream(run.data, run.trainer.batch_size, run.trainer.seed, accelerator.process_index,
                        accelerator.num_processes)
+    processes = (f", {accelerator.num_processes} processes ({accelerator.distributed_type.value})"
+                 if accelerator.num_processes > 1 else "")
     accelerator.print(f"{type(method).__name__} on {run.model.name} ({count_parameters(model):,} parameters), "
-                      f"{run.trainer.max_steps} steps -> {run_dir}")
+                      f"{run.trainer.max_steps} steps{processes} -> {run_dir}")
     started = time.perf_counter()
     try:
         result = fit(method, data, run.trainer, run_dir, accelerator, resolved, _start_lineage(run.run), quiet)

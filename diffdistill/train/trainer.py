@@ -131,6 +131,12 @@ def make_accelerator(cfg: TrainerConfig, run_dir: Path, partial_updates: bool = 
     trackers = [t for t in cfg.log_with if t]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cpu = cfg.cpu or (world > 1 and not torch.cuda.is_available())
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true") and (cpu or not torch.cuda.is_available()):
+        # accelerate (1.x) switches to FSDP only for jobs on accelerator devices: CPU processes would silently train
+        # as plain DDP (MULTI_CPU), and without cpu=True they would form no process group at all
+        raise LaunchError("accelerate's FSDP plugin shards only on GPUs (or other accelerators); on CPU processes "
+                          "accelerate would run this job as DDP. Launch on GPUs, or drop --use_fsdp on CPUs "
+                          "(`torchrun --nproc_per_node N -m diffdistill.cli train RECIPE` trains with DDP)")
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, log_with=trackers or None,
                               project_dir=str(run_dir), step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=partial_updates)])
