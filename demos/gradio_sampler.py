@@ -24,6 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # a local demo ha
 
 from diffdistill.inference.side_by_side import (DEFAULT_STUDENT, DEFAULT_TEACHER, HOW_TO_GET_A_STUDENT, MAX_IMAGES, MAX_SEED,
                                       Comparison, Request, SideBySide)
+from diffdistill.inference.catalog import ASSETS, CatalogEntry, default_roots, find_exports
 from diffdistill.inference.video_side_by_side import VideoSideBySide, VideoUpdate
 from diffdistill.visual import save_video, to_pil
 
@@ -42,11 +43,15 @@ VIDEO_NOTE = ("### Video (streaming)\nStart the demo with `--video-student RUN` 
               "latency and frames/s next to the teacher's clip.")
 
 
+DEFAULT_VIDEO_TEACHER = ASSETS / "moving_fmnist" / "teacher"
+
+
 def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
-                video: VideoSideBySide | None = None) -> "gradio.Blocks":
+                video: VideoSideBySide | None = None, catalog: Sequence[CatalogEntry] = ()) -> "gradio.Blocks":
     """The Blocks app over ``sampler`` (and ``video``: the streaming tab's causal student and teacher).
     ``allow_checkpoint_switch`` False locks the checkpoint boxes (use it whenever the page is reachable by others: the
-    boxes read any folder on this machine)."""
+    boxes read any folder on this machine). ``catalog``: the exports each tab's student picker offers (the picker
+    loads only those, so it stays on when the boxes are locked)."""
     import gradio as gr     # imported here: a bad command line fails fast, without gradio's import time
 
     with gr.Blocks(title="diffdistill few-step sampler") as demo:
@@ -56,6 +61,10 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
         with gr.Tab("Image"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
+                    image_students = _picker_choices(catalog, "image", sampler.student.directory)
+                    picker = gr.Dropdown(choices=image_students, value=str(sampler.student.directory),
+                                         label="Student (method, steps, export)", elem_id="student-picker",
+                                         visible=len(image_students) > 1)
                     label = gr.Dropdown(**_class_props(sampler), label="Class", interactive=True)
                     prompt = gr.Textbox(label="Prompt", info=TEXT_NOTE, lines=2, visible=sampler.conditioning == "text")
                     student_steps = gr.Radio(**_student_props(sampler), label="Student steps")
@@ -95,6 +104,10 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
             else:
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
+                        video_students = _picker_choices(catalog, "video", video.student.directory, causal=True)
+                        v_picker = gr.Dropdown(choices=video_students, value=str(video.student.directory),
+                                               label="Causal student (method, steps, export)",
+                                               elem_id="video-student-picker", visible=len(video_students) > 1)
                         v_label = gr.Dropdown(choices=[(name, i) for i, name in
                                                        enumerate(video.student.class_names)], value=0,
                                               label="Class", interactive=True, elem_id="video-class")
@@ -133,6 +146,22 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
                 v_run.click(on_stream, [v_label, v_steps, v_seed, v_student_steps, v_ffe],
                             [v_student, v_teacher, v_timings], api_name="stream")
 
+                def on_pick_video(choice):
+                    if choice not in {path for _, path in video_students}:
+                        raise gr.Error(f"{choice!r} is not one of the listed students", print_exception=False)
+                    try:
+                        video.load_student(choice)
+                    except (ValueError, OSError) as err:
+                        raise gr.Error(str(err), print_exception=False) from None
+                    spec, choices = video.student.spec, video.student_step_choices
+                    return (gr.Radio(choices=choices, value=spec.steps, visible=len(choices) > 1),
+                            gr.Radio(choices=[0] + choices, value=spec.first_chunk_steps if spec.first_chunk_times
+                                     else 0, visible=len(choices) > 1),
+                            f"Loaded {video.student.directory}.")
+
+                v_picker.change(on_pick_video, [v_picker], [v_student_steps, v_ffe, v_timings],
+                                api_name="pick_video_student")
+
         def on_generate(label_v, prompt_v, s_steps, t_steps, w, n_v, seed_v, random_v):
             req = Request(label=None if label_v in (None, ALL_CLASSES) else int(label_v), prompt=prompt_v or "",
                           student_steps=_int(s_steps), teacher_steps=_int(t_steps), guidance=w, n=int(n_v),
@@ -166,6 +195,13 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
 
         run.click(on_generate, [label, prompt, student_steps, teacher_steps, guidance, n, seed, randomize],
                   [student_out, teacher_out, timings, used_seed, raw, status], api_name="generate")
+        def on_pick(choice):
+            if choice not in {path for _, path in image_students}:
+                raise gr.Error(f"{choice!r} is not one of the listed students", print_exception=False)
+            return on_load(choice, str(sampler.teacher.directory) if sampler.teacher else "")
+
+        picker.change(on_pick, [picker], [info, label, prompt, student_steps, teacher_steps, guidance, teacher_out,
+                                          status], api_name="pick_student")
         if allow_checkpoint_switch:     # not even an API endpoint otherwise: a locked box alone would not stop clients
             load.click(on_load, [student_path, teacher_path],
                        [info, label, prompt, student_steps, teacher_steps, guidance, teacher_out, status],
@@ -174,6 +210,17 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
 
 
 # ---------------------------------------------------------------------- component settings from the loaded models
+def _picker_choices(catalog: Sequence[CatalogEntry], medium: str, current: Path,
+                    causal: bool = False) -> list[tuple[str, str]]:
+    """(label, path) of each student of ``medium`` in the catalogue (causal ones for the video tab), the loaded
+    one first when the catalogue does not list it."""
+    entries = [e for e in catalog if e.medium == medium and not e.is_teacher and (e.causal or not causal)]
+    choices = [(e.label, str(e.path)) for e in entries]
+    if str(current) not in {path for _, path in choices}:
+        choices.insert(0, (f"{Path(current).name} (loaded)", str(current)))
+    return choices
+
+
 def _class_props(s: SideBySide) -> dict:
     names = s.student.class_names
     choices = [("All classes (one of each)", ALL_CLASSES)] + [(name, i) for i, name in enumerate(names)]
@@ -288,6 +335,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="text models: the diffusers SD/SDXL pipeline folder for text encoders and VAE")
     p.add_argument("--video-student", default=None, help="a causal video student export or run (the streaming tab)")
     p.add_argument("--video-teacher", default=None, help="its teacher (default: none)")
+    p.add_argument("--no-video", action="store_true",
+                   help="no video tab model unless --video-student is given (default: the first causal student the "
+                        "pickers find, with the shipped Moving Fashion-MNIST teacher)")
+    p.add_argument("--students-from", nargs="*", default=[], metavar="FOLDER",
+                   help="more folders whose exports the student pickers list (always: the shipped assets and ./runs)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes the demo to "
                         "the network)")
@@ -306,15 +358,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no student given and the shipped {DEFAULT_STUDENT} is not there; {HOW_TO_GET_A_STUDENT}",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    catalog = find_exports([*default_roots(), *args.students_from])
+    video_student, video_teacher = args.video_student, args.video_teacher
+    if video_student is None and not args.no_video:     # the first causal student found, beside the shipped teacher
+        video_student = next((str(e.path) for e in catalog if e.medium == "video" and e.causal
+                              and not e.is_teacher), None)
+        video_teacher = video_teacher or (str(DEFAULT_VIDEO_TEACHER) if video_student and
+                                          DEFAULT_VIDEO_TEACHER.exists() else None)
     try:
         sampler = SideBySide(student, None if args.no_teacher else args.teacher, args.device, args.pipeline)
-        video = VideoSideBySide(args.video_student, args.video_teacher, args.device) if args.video_student else None
+        video = VideoSideBySide(video_student, video_teacher, args.device) if video_student else None
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}\nTo get a student: {HOW_TO_GET_A_STUDENT}; the teacher ships at {DEFAULT_TEACHER}.",
               file=sys.stderr)
         return EXIT_BAD_INPUT
     local = not args.share and _is_loopback(args.host)
-    demo = create_demo(sampler, allow_checkpoint_switch=local, video=video)
+    demo = create_demo(sampler, allow_checkpoint_switch=local, video=video, catalog=catalog)
     # one generation at a time: the models live on one device, and parallel clicks would distort each other's timings
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0

@@ -176,6 +176,21 @@ def test_bad_input_shows_a_message_and_the_server_keeps_answering(client):
     assert used_seed == 11
 
 
+def test_the_student_picker_switches_to_a_listed_student_and_refuses_others(client):
+    """The demo lists the shipped exports (diffdistill/assets) and ./runs: picking the four-step DMD2 student makes
+    4 the student's step count; a path that is not listed is refused. (Last of the server's tests: it leaves the
+    four-step student loaded.)"""
+    from gradio_client.exceptions import AppError
+
+    four = str(REPO / "diffdistill" / "assets" / "fmnist" / "dmd2_4step")
+    info, *_, status = client.predict(four, api_name="/pick_student")
+    assert "dmd2_4step" in status and "4" in info
+    student, teacher, table, used_seed, timings, status = generate(client, student_steps=4, n=2)
+    assert len(student) == 2 and timings["student"]["steps"] == 4
+    with pytest.raises(AppError, match="not one of the listed students|not in the list of choices"):
+        client.predict("/etc", api_name="/pick_student")
+
+
 def test_a_page_reachable_by_others_offers_no_checkpoint_loading(pair):
     pytest.importorskip("gradio")
     gradio_sampler = load_script("gradio_sampler")
@@ -183,7 +198,9 @@ def test_a_page_reachable_by_others_offers_no_checkpoint_loading(pair):
     def endpoints(allow: bool) -> list:
         return [dep.get("api_name") for dep in gradio_sampler.create_demo(pair, allow).config["dependencies"]]
 
-    assert endpoints(True) == ["generate", "load"] and endpoints(False) == ["generate"]
+    # the student picker lists only catalogued exports, so it stays on; the free checkpoint boxes do not
+    assert endpoints(True) == ["generate", "pick_student", "load"]
+    assert endpoints(False) == ["generate", "pick_student"]
     assert gradio_sampler._is_loopback("127.0.0.1") and not gradio_sampler._is_loopback("0.0.0.0")
 
 

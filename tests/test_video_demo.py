@@ -92,10 +92,14 @@ def test_the_app_streams_through_gradio(exports):
     spec = importlib.util.spec_from_file_location("demos_screenshot", REPO / "demos" / "screenshot.py")
     screenshot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(screenshot)
-    args = ["--video-student", str(student), "--video-teacher", str(teacher)]
+    args = ["--video-student", str(student), "--video-teacher", str(teacher), "--students-from", str(student.parent)]
     with screenshot.running_demo(args, command=[sys.executable, "-m", "diffdistill.cli", "demo"], env=ENV) as url:
         client = Client(url, verbose=False)
         student_gif, teacher_gif, timings = client.predict(5, 4, 3, 2, 0, api_name="/stream")
+        *_, status = client.predict(str(student.parent / "ladder"), api_name="/pick_video_student")
+        assert "ladder" in status
+        _, _, ladder_timings = client.predict(5, 4, 3, 1, 2, api_name="/stream")      # 1 step, first chunk on 2
+        assert "1 steps/chunk, first 2" in ladder_timings
     path = lambda out: Path(out["path"] if isinstance(out, dict) else out)       # noqa: E731 (client versions)
     assert path(student_gif).suffix == ".gif" and path(teacher_gif).suffix == ".gif"
     assert "first chunk" in timings and "Streaming speed-up" in timings

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..data import class_names
 from ..models.base import Cond, DiffusionModel
 from ..models.registry import find_export, load_model, read_export_meta
+from .catalog import Medium, describe_export
 from .generate import export_spec, generate, sync
 from .spec import SamplingSpec
 
@@ -94,15 +95,17 @@ class Comparison:
 class LoadedModel:
     """One exported model on its device, with the sampling spec its export records."""
 
-    def __init__(self, path: str | Path, device: torch.device, kinds: tuple[str, ...] = ("unet",)) -> None:
+    def __init__(self, path: str | Path, device: torch.device, medium: Medium = "image") -> None:
         self.directory = find_export(path)
         meta = read_export_meta(self.directory)
-        kind = meta.get("model", {}).get("kind")
-        if kind not in kinds:
-            what = {"wan": "a video model: give it to the video tab (--video-student / --video-teacher)",
-                    "unet": "an image model: give it to the image tab"}.get(kind, "use `diffdistill sample` for it")
+        self.entry = describe_export(self.directory)
+        if self.entry is None or self.entry.medium != medium:
+            kind = meta.get("model", {}).get("kind")
+            what = {"video": "a video model: give it to the video tab (--video-student / --video-teacher)",
+                    "image": "an image model: give it to the image tab"}.get(
+                self.entry.medium if self.entry else "", "use `diffdistill sample` for it")
             raise ValueError(f"{str(self.directory)!r} holds a {kind!r} model, {what}; this part of the demo "
-                             f"samples {' / '.join(kinds)} models")
+                             f"samples {medium} models")
         sampling = meta.get("sampling", {})
         if sampling.get("sampler") == "few_step" and not sampling.get("times"):
             raise ValueError(f"{str(self.directory)!r} is a few-step student without sampling.times in its "
@@ -121,8 +124,10 @@ class LoadedModel:
 
     @property
     def step_choices(self) -> list[int]:
-        if self.distilled:      # only the trained schedule: other step counts are off the distribution it learned
-            return [self.spec.steps]
+        """A teacher: a few DDIM step counts. A student: the step counts it serves on its own distribution (its
+        trained schedule; every rung of an ASD ladder; 1-8 TCD steps of a unified Hyper-SD student)."""
+        if self.distilled or self.spec.sampler == "tcd" or self.spec.ladder:
+            return list(self.entry.step_choices)
         return sorted({self.spec.steps, *TEACHER_STEPS}, reverse=True)
 
     @property

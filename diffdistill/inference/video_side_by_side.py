@@ -46,15 +46,27 @@ class VideoSideBySide:
 
     def __init__(self, student: str | Path, teacher: str | Path | None = None, device: str | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.student = LoadedModel(student, self.device, kinds=("wan",))
-        if not self.student.spec.chunk_frames:
-            raise ValueError(f"{str(self.student.directory)!r} samples whole clips: the video tab streams a causal "
-                             "student (an export with chunk_frames > 0, e.g. from recipes/video/self_forcing.yaml)")
-        self.teacher = LoadedModel(teacher, self.device, kinds=("wan",)) if teacher else None
+        self.student = self._student(student)
+        self.teacher = LoadedModel(teacher, self.device, medium="video") if teacher else None
         for m in (self.student, self.teacher):
             if m is not None and m.conditioning != "class":
                 raise ValueError(f"{str(m.directory)!r} is text-conditioned; the video tab streams class-conditioned "
                                  "clips (benchmark B2); use `diffdistill sample --stream --prompt` for text models")
+
+    def _student(self, path: str | Path) -> LoadedModel:
+        student = LoadedModel(path, self.device, medium="video")
+        if not student.spec.chunk_frames:
+            raise ValueError(f"{str(student.directory)!r} samples whole clips: the video tab streams a causal "
+                             "student (an export with chunk_frames > 0, e.g. from recipes/video/self_forcing.yaml)")
+        return student
+
+    def load_student(self, path: str | Path) -> None:
+        """Swap in another causal student (the teacher stays); on any error the student held so far stays."""
+        student = self._student(path)
+        if self.teacher is not None and student.num_classes != self.teacher.num_classes:
+            raise ValueError(f"{str(student.directory)!r} has {student.num_classes} classes, the teacher "
+                             f"{self.teacher.num_classes}; pick a student of this teacher")
+        self.student = student
 
     @property
     def student_step_choices(self) -> list[int]:
