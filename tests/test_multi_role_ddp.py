@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 TOY = {"kind": "mlp", "hidden": 32, "layers": 2, "prediction": "eps", "num_classes": 2,
        "schedule": {"kind": "vp", "beta_schedule": "scaled_linear"}}
 COMMON = ["trainer.max_steps=4", "trainer.batch_size=16", "trainer.log_every=1", "trainer.checkpoint_every=4",
-          "trainer.sample_every=0", "trainer.preview_count=16"]
+          "trainer.sample_every=0", "trainer.preview_count=16",
+          "trainer.max_seconds=600"]            # the time budget is decided on rank 0 and broadcast every step
 
 
 @pytest.fixture(scope="module")

@@ -278,3 +278,25 @@ def test_the_export_holds_the_ema_and_the_run_keeps_its_own_weights(tmp_path):
     ema = load_model(result.export_dir).state_dict()
     assert any(not torch.equal(trained[k], exported[k]) for k in exported)      # the export is not the raw weights
     assert all(torch.equal(ema[k], exported[k]) for k in exported)
+
+
+def test_max_seconds_stops_at_the_time_budget_checkpoints_and_a_rerun_trains_no_further(tmp_path):
+    """trainer.max_seconds: the run stops at the first step past its training-time budget (all launches counted),
+    checkpoints and exports there; a rerun with the same budget trains nothing more."""
+    import time as clock
+
+    class Slow(Teacher):
+        def loss(self, phase, batch, step):
+            clock.sleep(0.05)
+            return super().loss(phase, batch, step)
+
+    make = lambda: Slow(TeacherConfig(preview_steps=4), MLPDenoiser(MLPConfig(hidden=16)))     # noqa: E731
+    cfg = trainer_cfg(max_steps=1000, max_seconds=0.5, checkpoint_every=1000)
+    result = run_fit(make(), cfg, tmp_path)
+    assert 5 <= result.step < 40 and result.train_seconds >= 0.5
+    assert (tmp_path / "checkpoints" / f"step-{result.step:06d}").is_dir()
+    assert json.loads((result.export_dir / "diffdistill.json").read_text())["trained_steps"] == result.step
+    again = run_fit(make(), cfg, tmp_path)
+    assert again.step == result.step and again.first_step == result.step
+    with pytest.raises(ValueError, match="max_seconds must be > 0"):
+        run_fit(make(), trainer_cfg(max_seconds=0.0), tmp_path / "bad")

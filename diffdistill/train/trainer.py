@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
@@ -60,6 +60,9 @@ class TrainerConfig:
     """The loop's settings. ``optimizers`` maps each of the method's parameter groups to its optimizer."""
 
     max_steps: int = 1000
+    # stop earlier, at the first step where this run's training wall time (all its launches) reaches this many
+    # seconds: methods compared at equal CPU time (the benchmarks' budgets); None: steps only
+    max_seconds: float | None = None
     batch_size: int = 64              # per process and micro-batch
     grad_accum: int = 1               # micro-batches per optimizer step, within each phase
     optimizers: dict[str, OptimizerConfig] = field(default_factory=dict)
@@ -101,6 +104,8 @@ def validate_trainer_config(cfg: TrainerConfig, groups: tuple[str, ...]) -> None
             raise ValueError(f"trainer.{name} must be > 0, got {getattr(cfg, name)}")
     if cfg.sample_every < 0:
         raise ValueError(f"trainer.sample_every must be >= 0, got {cfg.sample_every}")
+    if cfg.max_seconds is not None and cfg.max_seconds <= 0:
+        raise ValueError(f"trainer.max_seconds must be > 0 (or null: no time limit), got {cfg.max_seconds}")
     unknown = sorted(set(cfg.optimizers) - set(groups))
     if unknown:
         raise ValueError(f"trainer.optimizers names unknown group(s) {unknown}; this method trains {list(groups)}")
@@ -200,15 +205,18 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
     console = accelerator.is_local_main_process and not quiet
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not console, desc="train", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
+    out_of_time = _out_of_time(accelerator, cfg, earlier_seconds)
     try:
-        while step < cfg.max_steps:
+        while step < cfg.max_steps and not out_of_time:
             for phase_logs in train_step(method, session, data, step, cfg, accelerator, run_dir):
                 for key, value in phase_logs.items():
                     total = window.setdefault(key, [0.0, 0])
                     total[0], total[1] = total[0] + value, total[1] + 1
             step += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            out_of_time = _out_of_time(accelerator, cfg, earlier_seconds + time.perf_counter() - started)
+            final = step == cfg.max_steps or out_of_time
+            if step % cfg.log_every == 0 or final:
                 # means over the window: a phase that ran on any step since the last line is logged (TTUR methods)
                 logs = {key: total / count for key, (total, count) in window.items()}
                 window.clear()
@@ -219,7 +227,7 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
                     bar.write(f"step {step}/{cfg.max_steps}  {terms}")
             if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
                 _preview(method, ema, ema_group, cfg, run_dir / "samples" / f"step-{step:06d}.png", data, names)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            if step % cfg.checkpoint_every == 0 or final:
                 state = {"step": step, "data_position": data.position, "logs": logs, "lineage": lineage,
                          "train_seconds": round(earlier_seconds + time.perf_counter() - started, 3)}
                 save_checkpoint(accelerator, run_dir, state, ema, cfg.keep_checkpoints)
@@ -229,6 +237,8 @@ def fit(method: Method, data: DataStream, cfg: TrainerConfig, run_dir: str | Pat
         bar.close()     # also when a NaN or an interrupt ends the run
 
     train_seconds = round(earlier_seconds + time.perf_counter() - started, 3)
+    if out_of_time and step < cfg.max_steps:
+        accelerator.print(f"stopped at step {step}: trainer.max_seconds={cfg.max_seconds} of training time reached")
     export_dir = run_dir / "export"
     if accelerator.is_main_process:
         _preview(method, ema, ema_group, cfg, run_dir / "samples" / "final.png", data, names)
@@ -337,6 +347,17 @@ def _make_ema(module: nn.Module, decay: float | None) -> AveragedModel | None:
     if decay is None:
         return None
     return AveragedModel(module, multi_avg_fn=_ema_with_warmup(decay), use_buffers=True)
+
+
+def _out_of_time(accelerator: Accelerator, cfg: TrainerConfig, seconds: float) -> bool:
+    """Whether the run has spent ``trainer.max_seconds``: rank 0's clock decides for every rank (each rank's clock
+    differs a little, and a rank that stopped alone would leave the others waiting in a collective)."""
+    if cfg.max_seconds is None:
+        return False
+    flag = torch.tensor([float(seconds >= cfg.max_seconds)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = broadcast(flag, from_process=0)
+    return bool(flag.item())
 
 
 def _ema_with_warmup(decay: float):
