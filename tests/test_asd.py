@@ -192,18 +192,10 @@ def test_the_b2_recipe_trains_exports_the_ladder_and_samples_every_rung_with_ffe
 def test_two_processes_share_each_rung_and_exit_step_and_keep_identical_students(tmp_path):
     """ASD through the real trainer on two CPU processes: each iteration's rung (n vs n + 1) and each exit step are
     drawn on rank 0 and broadcast, and DDP keeps the students (and critics with their heads) in step."""
-    import os
-    import subprocess
-    import sys
+    from two_ranks import HERE, rank_reports, torchrun_two
 
-    here = Path(__file__).resolve().parent
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543",
-           str(here / "self_forcing_probe.py"), str(tmp_path), "asd"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(here.parent),
-           "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"sf-rank{r}.json").read_text()) for r in (0, 1))
+    torchrun_two([str(HERE / "self_forcing_probe.py"), str(tmp_path), "asd"], port=29543)
+    r0, r1 = rank_reports(tmp_path, "sf-rank{}.json")
     assert r0["exits"] == r1["exits"] and len(r0["exits"]) == 6        # 3 steps x (student + critic rollout)
     assert r0["rungs"] == r1["rungs"] and len(r0["rungs"]) == 6        # 3 steps x (student + critic pair)
     assert r0["weights"] == pytest.approx(r1["weights"], rel=1e-6, abs=1e-6)

@@ -4,17 +4,12 @@ ranks draw the same shared random choices (backward-simulation step, segment, ph
 every role's weights identical (a role left with parameters that got no gradient would hang or fail here).
 The video methods (self forcing, ASD) have the same test on a tiny Wan in test_self_forcing.py / test_asd.py."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from two_ranks import HERE, rank_reports, torchrun_two
 
 from diffdistill.models.registry import build_model, save_model
-
-HERE = Path(__file__).resolve().parent
 TOY = {"kind": "mlp", "hidden": 32, "layers": 2, "prediction": "eps", "num_classes": 2,
        "schedule": {"kind": "vp", "beta_schedule": "scaled_linear"}}
 COMMON = ["trainer.max_steps=4", "trainer.batch_size=16", "trainer.log_every=1", "trainer.checkpoint_every=4",
@@ -54,14 +49,9 @@ def test_two_ranks_share_every_draw_and_keep_every_role_identical(case, toy_teac
     extra = [f"model.pretrained={toy_teacher}"]
     if "one_step" in recipe:
         extra.append(f"student.pretrained={toy_teacher}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29550 + list(CASES).index(case)), str(HERE / "roles_probe.py"), str(tmp_path), recipe,
-           f"output_dir={tmp_path / 'run'}", *extra, *COMMON, *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": str(HERE.parent)}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=HERE.parent)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    torchrun_two([str(HERE / "roles_probe.py"), str(tmp_path), recipe, f"output_dir={tmp_path / 'run'}", *extra,
+                  *COMMON, *overrides], port=29550 + list(CASES).index(case))
+    r0, r1 = rank_reports(tmp_path)
     assert len(r0["groups"]) >= 2 and r0["groups"] == r1["groups"]
     assert r0["draws"] == r1["draws"] and (len(r0["draws"]) > 0) == shares
     for group in r0["groups"]:

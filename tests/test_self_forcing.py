@@ -183,18 +183,10 @@ def test_ode_pairs_lie_on_the_teachers_path_and_initialise_the_self_forcing_stud
 def test_two_processes_share_each_exit_step_and_keep_identical_students(tmp_path):
     """The exit step is drawn on rank 0 and broadcast: every rank rolls out to the same step (else DDP would average
     gradients of different computations); DDP keeps the students identical through the chunks' several forwards."""
-    import os
-    import subprocess
-    import sys
+    from two_ranks import HERE, rank_reports, torchrun_two
 
-    here = Path(__file__).resolve().parent
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-           str(here / "self_forcing_probe.py"), str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(here.parent),
-           "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"sf-rank{r}.json").read_text()) for r in (0, 1))
+    torchrun_two([str(HERE / "self_forcing_probe.py"), str(tmp_path)], port=29541)
+    r0, r1 = rank_reports(tmp_path, "sf-rank{}.json")
     assert r0["exits"] == r1["exits"] and len(r0["exits"]) == 6        # 3 steps x (student + critic rollout)
     assert r0["weights"] == pytest.approx(r1["weights"], rel=1e-6, abs=1e-6)
 
