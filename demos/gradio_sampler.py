@@ -122,7 +122,8 @@ def create_demo(sampler: SideBySide, allow_checkpoint_switch: bool = True,
                         v_steps = gr.Radio(choices=video.teacher.step_choices if video.teacher else [],
                                            value=video.teacher.default_steps if video.teacher else None,
                                            label="Teacher steps (Euler)", visible=video.teacher is not None)
-                        v_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+                        v_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED,
+                                           elem_id="video-seed")
                         v_run = gr.Button("Stream", variant="primary", elem_id="stream")
                     with gr.Column(scale=3):
                         with gr.Row():
@@ -361,8 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     catalog = find_exports([*default_roots(), *args.students_from])
     video_student, video_teacher = args.video_student, args.video_teacher
     if video_student is None and not args.no_video:     # the first causal student found, beside the shipped teacher
-        video_student = next((str(e.path) for e in catalog if e.medium == "video" and e.causal
-                              and not e.is_teacher), None)
+        causal = [e for e in catalog if e.medium == "video" and e.causal and not e.is_teacher]
+        # a finished student before an initialisation stage (ODE regression) when both are there
+        causal.sort(key=lambda e: e.method == "ode_regression")
+        video_student = str(causal[0].path) if causal else None
         video_teacher = video_teacher or (str(DEFAULT_VIDEO_TEACHER) if video_student and
                                           DEFAULT_VIDEO_TEACHER.exists() else None)
     try:

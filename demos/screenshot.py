@@ -1,7 +1,8 @@
-"""Screenshot of the Gradio sampler after one generation, taken by headless Chromium (for docs/demo.png).
+"""Screenshot of the Gradio sampler after one generation, taken by headless Chromium (docs/demo.png, one per tab).
 
     python demos/screenshot.py runs/dmd2-fmnist-quick                 # -> docs/demo.png (1280 x 1000)
     python demos/screenshot.py --out /tmp/demo.png --n 4 --teacher-steps 10
+    python demos/screenshot.py --tab video                            # -> docs/demo_video.png (one streamed clip)
 
 It launches demos/gradio_sampler.py on a free loopback port, opens the page with playwright, sets a fixed seed,
 clicks Generate, waits for both galleries and the timing table, and saves the viewport. playwright drives the
@@ -122,11 +123,44 @@ def screenshot(url: str, out: Path, chromium: str, seed: int, n: int, teacher_st
     return out
 
 
+def screenshot_video(url: str, out: Path, chromium: str, seed: int, size: tuple[int, int], timeout_s: float,
+                     label: int = 0) -> Path:
+    """Open the video tab at ``url``, stream one clip of class ``label`` (the student chunk by chunk, then the
+    teacher) and save the viewport once both GIFs and the timings are shown."""
+    from playwright.sync_api import Error as BrowserError
+    from playwright.sync_api import sync_playwright
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True)
+        except BrowserError as err:
+            raise RuntimeError(f"playwright could not start {chromium}: {err}") from None
+        try:
+            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+            page.goto(url, wait_until="networkidle")
+            page.get_by_role("tab", name="Video (streaming)").click()
+            page.locator("#video-seed input[type=number]").fill(str(seed))
+            page.locator("#stream").click()
+            page.locator("#video-timings").get_by_text("Streaming speed-up").wait_for(timeout=timeout_s * 1000)
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
+                                   timeout=timeout_s * 1000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(out))
+        except BrowserError as err:
+            raise RuntimeError(f"the browser could not drive the video tab at {url}: {err}") from None
+        finally:
+            browser.close()
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("student", nargs="?", default=None, help="student export (default: the demo's default)")
     p.add_argument("--teacher", default=None, help="teacher export (default: the demo's default)")
-    p.add_argument("--out", default=str(REPO / "docs" / "demo.png"))
+    p.add_argument("--tab", choices=("image", "video"), default="image",
+                   help="which tab to drive (video: the demo's default causal student and video teacher)")
+    p.add_argument("--out", default=None, help="default: docs/demo.png (image tab) or docs/demo_video.png")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--n", type=int, default=8, help="images per model")
     p.add_argument("--teacher-steps", type=int, default=None, help="default: the teacher's own (50)")
@@ -138,9 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_args = ([args.student] if args.student else []) + (["--teacher", args.teacher] if args.teacher else [])
     try:
         chromium = find_chromium(args.chromium)
+        out = Path(args.out or REPO / "docs" / ("demo.png" if args.tab == "image" else "demo_video.png"))
         with running_demo(demo_args, args.timeout) as url:
-            out = screenshot(url, Path(args.out), chromium, args.seed, args.n, args.teacher_steps,
-                             (args.width, args.height), args.timeout)
+            if args.tab == "image":
+                out = screenshot(url, out, chromium, args.seed, args.n, args.teacher_steps,
+                                 (args.width, args.height), args.timeout)
+            else:
+                out = screenshot_video(url, out, chromium, args.seed, (args.width, args.height), args.timeout)
     except (FileNotFoundError, RuntimeError, ModuleNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -234,3 +234,8 @@ def test_screenshot_script_writes_a_page_with_results(student, tmp_path):
     image = Image.open(out).convert("L")
     assert image.size == (1280, 1000)
     assert ImageStat.Stat(image).stddev[0] > 20 and len(image.getcolors(256)) > 50      # a drawn page, not blank
+    video = tmp_path / "video.png"            # the video tab: the demo's default causal student and video teacher
+    run = subprocess.run([sys.executable, "demos/screenshot.py", "--tab", "video", "--out", str(video)],
+                         capture_output=True, text=True, cwd=REPO, env=ENV, timeout=400)
+    assert run.returncode == 0, run.stderr
+    assert ImageStat.Stat(Image.open(video).convert("L")).stddev[0] > 20

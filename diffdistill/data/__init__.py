@@ -213,7 +213,7 @@ class FashionMNISTStream:
 
 def class_names(data_name: str | None, num_classes: int) -> list[str]:
     """Names of a class-conditional dataset's classes, for grids and the demo (``class i`` where none are known)."""
-    if data_name == "fmnist" and num_classes == len(FMNIST_CLASSES):
+    if data_name in ("fmnist", "moving_fmnist") and num_classes == len(FMNIST_CLASSES):   # sprites: FMNIST garments
         return list(FMNIST_CLASSES)
     return [f"class {i}" for i in range(num_classes)]
 
