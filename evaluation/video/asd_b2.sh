@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Benchmark B2 for adversarial self-distillation (issue "ASD + first-frame enhancement"): every run from the same
+# ODE-regression initialisation (recipes/video/ode_init.yaml) and for the same CPU time (trainer.max_seconds 2400 in
+# each recipe; run them alone on the machine), then ONE scoring run of every student at 1, 2 and 4 steps per chunk,
+# with and without first-frame enhancement, beside the teacher:
+#   self forcing trained for 1, 2 and 4 steps on its own (ASD's "Self Forcing†" baselines; the 4-step one is also
+#   "without ASD" at every step count), ASD (Self Forcing's GAN weights 1e-2, ladder 1-2-3-4), and the ablations of
+#   its open choices: the adversarial weight (1e-1) and the step pairs (ladder 1-2-4).
+# Each train command resumes from its checkpoints when rerun (a killed session loses at most 100 steps).
+# Usage: bash evaluation/video/asd_b2.sh [train|score|all]   (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+what=${1:-all}
+dd=.venv/bin/diffdistill
+if [[ $what == train || $what == all ]]; then
+  $dd train recipes/video/self_forcing_1step.yaml
+  $dd train recipes/video/self_forcing_2step.yaml
+  $dd train recipes/video/asd.yaml
+  $dd train recipes/video/self_forcing.yaml trainer.max_seconds=2400 trainer.max_steps=5000 \
+      output_dir=runs/video-self-forcing-4step-2400s
+  $dd train recipes/video/asd.yaml method.asd_student_weight=0.1 method.asd_critic_weight=0.1 \
+      output_dir=runs/video-asd-w0.1
+  $dd train recipes/video/asd.yaml "method.ladder=[[1.0],[1.0,0.75],[1.0,0.9,0.75,0.5]]" \
+      output_dir=runs/video-asd-ladder124
+fi
+if [[ $what == score || $what == all ]]; then
+  rows=()
+  for name in sf-1step=runs/video-self-forcing-1step sf-2step=runs/video-self-forcing-2step; do rows+=(--student "$name"); done
+  for run in self-forcing-4step-2400s:sf-4step asd:asd asd-w0.1:asd-w0.1 asd-ladder124:asd-124; do
+    dir=runs/video-${run%%:*} label=${run##*:}
+    for setting in @1 @1+4 @2 @2+4 @4; do rows+=(--student "$label$setting=$dir$setting"); done
+  done
+  .venv/bin/python evaluation/video/compare.py "${rows[@]}" --n 200 --name asd_b2 --out evaluation/results/video/asd_b2
+fi
