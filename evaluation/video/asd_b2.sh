@@ -28,7 +28,7 @@ if [[ $what == score || $what == all ]]; then
   for name in sf-1step=runs/video-self-forcing-1step sf-2step=runs/video-self-forcing-2step; do rows+=(--student "$name"); done
   for run in self-forcing-4step-2400s:sf-4step asd:asd asd-w0.1:asd-w0.1 asd-ladder124:asd-124; do
     dir=runs/video-${run%%:*} label=${run##*:}
-    for setting in @1 @1+4 @2 @2+4 @4; do rows+=(--student "$label$setting=$dir$setting"); done
+    for setting in @1 @1+2 @1+4 @2 @2+4 @4; do rows+=(--student "$label$setting=$dir$setting"); done
   done
   .venv/bin/python evaluation/video/compare.py "${rows[@]}" --n 200 --name asd_b2 --out evaluation/results/video/asd_b2
 fi
