@@ -189,6 +189,7 @@ def test_the_b2_recipe_trains_exports_the_ladder_and_samples_every_rung_with_ffe
     assert main(["sample", str(out), "--n", "2", "--steps", "5", "--out", str(tmp_path / "u.png")]) == 2
 
 
+@pytest.mark.slow          # two processes (~15 s); self forcing's same test covers the shared exit in the default tier
 def test_two_processes_share_each_rung_and_exit_step_and_keep_identical_students(tmp_path):
     """ASD through the real trainer on two CPU processes: each iteration's rung (n vs n + 1) and each exit step are
     drawn on rank 0 and broadcast, and DDP keeps the students (and critics with their heads) in step."""
