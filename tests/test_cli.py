@@ -106,7 +106,8 @@ def test_dmd2_recipe_trains_and_its_student_samples_with_its_own_schedule(tmp_pa
     meta = json.loads((tmp_path / "export" / "diffdistill.json").read_text())
     assert meta["sampling"] == {"sampler": "few_step", "steps": 1, "times": [1.0], "timesteps": [1000],
                                 "guidance": 1.0, "num_classes": 0, "spacing": "trailing", "chunk_frames": 0,
-                                "fixed": False, "eta": 0.0}
+                                "fixed": False, "eta": 0.0, "ladder": [],
+                                "first_chunk_times": []}
     assert meta["model"]["kind"] == "mlp" and meta["model"]["prediction"] == "x0"      # the student is exported
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     # log lines average over their window: steps 1-3 hold one student update (step 1) and three critic updates
