@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from torch import Tensor, nn
 
 from .base import Cond, DiffusionModel
@@ -77,20 +75,13 @@ def _keep_features(module: nn.Module, inputs: tuple, output: Tensor | tuple) -> 
 
 
 def generator_logits(critic: DiffusionModel, x_t: Tensor, t: Tensor, cond: Cond | None) -> Tensor:
-    """The discriminator's logits [B] on ``x_t`` for a GENERATOR loss: the gradient flows to ``x_t`` only.
+    """The discriminator's logits [B] on ``x_t`` for a GENERATOR loss (the gradient flows to ``x_t``).
 
-    ``critic`` must be the unwrapped network (``Method.role("critic")``). Its parameters are frozen for this forward,
-    so its distributed wrapper's gradient hooks never fire in a student phase: under DDP a parameter gradient outside
-    the wrapper's forward breaks the next reduction ("marked ready twice"), and the wrapper's own forward would expect
-    gradients for the output layers the logits do not use."""
-    trainable = [p for p in critic.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        logits = critic(x_t, t, cond).logits
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
+    ``critic`` must be the unwrapped network (``Method.role("critic")``): through its DDP wrapper, a forward whose
+    loss reads only the logits would leave the wrapper waiting for gradients of the output layers. During a student
+    phase the trainer keeps the critic's weights frozen (train/trainer.py ``_only_trainable``), so no gradient reaches
+    them either."""
+    logits = critic(x_t, t, cond).logits
     if logits is None:
         raise ValueError(f"{type(critic).__name__} has no discriminator head: attach_head(critic) first")
     return logits

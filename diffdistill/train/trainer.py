@@ -377,6 +377,29 @@ def _run_phase(method: Method, phase: str, data: DataStream, step: int, cfg: Tra
                accelerator: Accelerator, optimizers: dict, schedulers: dict, run_dir: Path) -> dict[str, float]:
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
+    with _only_trainable(method, phase):
+        return _phase_updates(method, phase, data, step, cfg, accelerator, optimizers, schedulers, run_dir)
+
+
+@contextlib.contextmanager
+def _only_trainable(method: Method, phase: str) -> Iterator[None]:
+    """During a phase, and its backward, only the phase's own group requires gradients: a loss that runs another
+    role with gradients (a GAN generator term through the critic) computes no gradients for that role's weights,
+    and that role's DDP gradient hooks never fire outside its own forward (which would break its next reduction).
+    The gradient still flows through the frozen role to its inputs."""
+    frozen = [p for group, module in method.trainable().items() if group != phase
+              for p in module.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _phase_updates(method: Method, phase: str, data: DataStream, step: int, cfg: TrainerConfig,
+                   accelerator: Accelerator, optimizers: dict, schedulers: dict, run_dir: Path) -> dict[str, float]:
     module = getattr(method, phase)
     module = module.wrapped if isinstance(module, Prepared) else module       # accelerate's wrapper (DDP's no_sync)
     totals: dict[str, float] = {}
