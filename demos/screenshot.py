@@ -87,71 +87,64 @@ def find_chromium(explicit: str | None = None) -> str:
                             "--chromium PATH")
 
 
+@contextlib.contextmanager
+def _page(url: str, chromium: str, size: tuple[int, int], what: str) -> Iterator:
+    """A headless Chromium page (``size`` = width, height) opened at ``url``; a browser error while ``what`` runs is
+    one line saying so, without a traceback."""
+    from playwright.sync_api import Error as BrowserError
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True)
+        except BrowserError as err:
+            raise RuntimeError(f"playwright could not start {chromium}: {err}") from None
+        try:
+            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+            page.goto(url, wait_until="networkidle")
+            yield page
+        except BrowserError as err:       # a timeout or a missing element: say which step, without a traceback
+            raise RuntimeError(f"the browser could not {what} at {url}: {err}") from None
+        finally:
+            browser.close()
+
+
+def _save(page, out: Path, timeout_s: float) -> Path:
+    """Wait until every image has loaded, let the layout settle, and save the viewport to ``out``."""
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=timeout_s * 1000)
+    page.wait_for_timeout(500)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out))
+    return out
+
+
 def screenshot(url: str, out: Path, chromium: str, seed: int, n: int, teacher_steps: int | None,
                size: tuple[int, int], timeout_s: float) -> Path:
     """Drive one generation in the page at ``url`` and save the viewport (``size`` = width, height) to ``out``."""
-    from playwright.sync_api import Error as BrowserError
-    from playwright.sync_api import sync_playwright
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        try:
-            browser = pw.chromium.launch(executable_path=chromium, headless=True)
-        except BrowserError as err:
-            raise RuntimeError(f"playwright could not start {chromium}: {err}") from None
-        try:
-            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
-            page.goto(url, wait_until="networkidle")
-            # elem_ids set in gradio_sampler.py; a fixed seed gives the same picture on every run
-            page.locator("#random-seed input[type=checkbox]").uncheck()
-            page.locator("#seed input[type=number]").fill(str(seed))
-            slider_box = page.locator("#n-images input[type=number]")     # the slider's number box takes typing
-            slider_box.fill(str(n))
-            slider_box.press("Enter")
-            if teacher_steps is not None:
-                page.locator(f"#teacher-steps input[value='{teacher_steps}']").check()
-            page.locator("#generate").click()
-            page.locator("#timings").get_by_text("Student speed-up").wait_for(timeout=timeout_s * 1000)
-            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
-                                   timeout=timeout_s * 1000)
-            page.wait_for_timeout(500)          # let the galleries finish their layout
-            page.screenshot(path=str(out))
-        except BrowserError as err:       # a timeout or a missing element: say which step, without a traceback
-            raise RuntimeError(f"the browser could not drive the demo at {url}: {err}") from None
-        finally:
-            browser.close()
-    return out
+    with _page(url, chromium, size, "drive the demo") as page:
+        # elem_ids set in gradio_sampler.py; a fixed seed gives the same picture on every run
+        page.locator("#random-seed input[type=checkbox]").uncheck()
+        page.locator("#seed input[type=number]").fill(str(seed))
+        slider_box = page.locator("#n-images input[type=number]")     # the slider's number box takes typing
+        slider_box.fill(str(n))
+        slider_box.press("Enter")
+        if teacher_steps is not None:
+            page.locator(f"#teacher-steps input[value='{teacher_steps}']").check()
+        page.locator("#generate").click()
+        page.locator("#timings").get_by_text("Student speed-up").wait_for(timeout=timeout_s * 1000)
+        return _save(page, out, timeout_s)
 
 
-def screenshot_video(url: str, out: Path, chromium: str, seed: int, size: tuple[int, int], timeout_s: float,
-                     label: int = 0) -> Path:
-    """Open the video tab at ``url``, stream one clip of class ``label`` (the student chunk by chunk, then the
-    teacher) and save the viewport once both GIFs and the timings are shown."""
-    from playwright.sync_api import Error as BrowserError
-    from playwright.sync_api import sync_playwright
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        try:
-            browser = pw.chromium.launch(executable_path=chromium, headless=True)
-        except BrowserError as err:
-            raise RuntimeError(f"playwright could not start {chromium}: {err}") from None
-        try:
-            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
-            page.goto(url, wait_until="networkidle")
-            page.get_by_role("tab", name="Video (streaming)").click()
-            page.locator("#video-seed input[type=number]").fill(str(seed))
-            page.locator("#stream").click()
-            page.locator("#video-timings").get_by_text("Streaming speed-up").wait_for(timeout=timeout_s * 1000)
-            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
-                                   timeout=timeout_s * 1000)
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(out))
-        except BrowserError as err:
-            raise RuntimeError(f"the browser could not drive the video tab at {url}: {err}") from None
-        finally:
-            browser.close()
-    return out
+def screenshot_video(url: str, out: Path, chromium: str, seed: int, size: tuple[int, int], timeout_s: float) -> Path:
+    """Open the video tab at ``url``, stream one clip (the student chunk by chunk, then the teacher) and save the
+    viewport once both GIFs and the timings are shown."""
+    with _page(url, chromium, size, "drive the video tab") as page:
+        page.get_by_role("tab", name="Video (streaming)").click()
+        page.locator("#video-seed input[type=number]").fill(str(seed))
+        page.locator("#stream").click()
+        page.locator("#video-timings").get_by_text("Streaming speed-up").wait_for(timeout=timeout_s * 1000)
+        return _save(page, out, timeout_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
