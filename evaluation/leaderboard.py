@@ -47,7 +47,7 @@ def rescore(bench: str, cfg: dict[str, Any], raw: Path) -> None:
     cmd = [sys.executable, script, "--teacher", cfg["teacher"], "--teacher-steps", str(cfg["teacher_steps"]),
            "--n", str(cfg["n"]), "--name", bench, "--out", str(raw)]
     for name, (_, path, steps, *ffe) in cfg["students"].items():
-        spec = f"{name}={path}" + (f"@{steps}" if steps else "") + (f"+{ffe[0]}" if ffe and ffe[0] else "")
+        spec = f"{name}={path}" + (f"@{steps}" if steps else "") + (f"+{ffe[0]}" if ffe and ffe[0] is not None else "")
         cmd += ["--student", spec]
     subprocess.run(cmd, check=True, cwd=ROOT)
 

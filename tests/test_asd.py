@@ -154,6 +154,25 @@ def test_spec_ladder_rungs_and_ffe_overrides():
         SamplingSpec("few_step", (1.0,), first_chunk_times=(1.0, 0.5))
 
 
+def test_a_student_without_a_ladder_samples_fewer_steps_on_a_subset_of_its_own_times():
+    """Self forcing's 4-step student at 1 and 2 steps (ASD's "without ASD" rows) skips along its own times, the
+    same schedules as an ASD student's default rungs, not the flow grid (whose 2-step grid ends at t = 0.009); with
+    FFE its first chunk can take any count up to its own."""
+    from diffdistill.schedule import Schedule
+
+    schedule = Schedule.flow(shift=3.0)
+    spec = SamplingSpec("few_step", tuple(TIMES), chunk_frames=2)
+    for steps, rung in zip((1, 2, 3), resolve_ladder([], TIMES)):
+        assert spec.override(schedule, steps).times == tuple(rung)
+    assert spec.override(schedule, 1, ffe=2).first_chunk_times == (1.0, 0.75)
+    assert spec.override(schedule, 2, ffe=4).first_chunk_times == tuple(TIMES)
+    with pytest.raises(ValueError, match="trained for 4 steps"):
+        spec.override(schedule, 1, ffe=5)
+    assert spec.override(schedule, 8).times == tuple(float(t) for t in schedule.step_grid(8))   # more: a grid
+    teacher = SamplingSpec("ode", tuple(float(t) for t in schedule.step_grid(4)))
+    assert teacher.override(schedule, 2).times == tuple(float(t) for t in schedule.step_grid(2))
+
+
 def test_asd_refuses_real_data_gan_and_unknown_default_rungs():
     with pytest.raises(ValueError, match="own rollouts"):
         method(gan_student_weight=0.01)

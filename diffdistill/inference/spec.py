@@ -143,13 +143,27 @@ class SamplingSpec:
                       guidance=float(guidance) if guidance is not None else self.guidance,
                       eta=float(eta) if eta is not None else self.eta)
         if steps is not None and steps != self.steps:
-            grid = self.rung(steps) or tuple(float(t) for t in schedule.step_grid(steps, self.spacing))
-            out = replace(out, times=grid, timesteps=())
+            out = replace(out, times=self.schedule_of(steps, schedule), timesteps=())
         if ffe is not None:
-            out = replace(out, first_chunk_times=self._ffe_times(ffe, out.steps))
+            out = replace(out, first_chunk_times=self._ffe_times(ffe, out.steps, schedule))
         return out
 
-    def _ffe_times(self, ffe: int, steps: int) -> tuple[float, ...]:
+    def schedule_of(self, steps: int, schedule: Schedule) -> tuple[float, ...]:
+        """The times for ``steps`` steps: the student's own, its ladder's rung, or (a distilled student asked for
+        fewer steps than it was trained on) the evenly spaced subset of its own times, so a 4-step student at 2 steps
+        keeps its first time and skips (ASD's "without ASD" baselines, arXiv:2511.01419 sec. 4; a ``spacing`` grid
+        there would put a flow student's second step at t = 0.009); otherwise the ``spacing`` grid (teachers, TCD,
+        more steps than trained)."""
+        if steps == self.steps:
+            return self.times
+        rung = self.rung(steps)
+        if rung is not None:
+            return rung
+        if self.distilled and steps < self.steps:
+            return evenly_spaced_subset(self.times, steps)
+        return tuple(float(t) for t in schedule.step_grid(steps, self.spacing))
+
+    def _ffe_times(self, ffe: int, steps: int, schedule: Schedule) -> tuple[float, ...]:
         """The first chunk's schedule for ``ffe`` first-chunk steps (0: none), with a clear error when the student
         does not serve it."""
         if ffe == 0:
@@ -159,12 +173,21 @@ class SamplingSpec:
         if ffe < steps:
             raise ValueError(f"first-frame enhancement gives the first chunk MORE steps than the others: ffe={ffe} "
                              f"< {steps} steps")
-        times = self.rung(ffe) or (self.times if ffe == self.steps else None)
-        if times is None:
-            served = [len(r) for r in self.ladder] or [self.steps]
-            raise ValueError(f"this student serves {served} steps; first-frame enhancement needs one of them for the "
-                             f"first chunk, got ffe={ffe}")
-        return times
+        if self.ladder and self.rung(ffe) is None:
+            raise ValueError(f"this student serves {[len(r) for r in self.ladder]} steps; first-frame enhancement "
+                             f"needs one of them for the first chunk, got ffe={ffe}")
+        if ffe > self.steps:
+            raise ValueError(f"this student was trained for {self.steps} steps; first-frame enhancement can give the "
+                             f"first chunk at most those, got ffe={ffe}")
+        return self.schedule_of(ffe, schedule)
+
+
+def evenly_spaced_subset(times: tuple[float, ...] | list[float], n: int) -> tuple[float, ...]:
+    """``n`` of the N ``times`` at indices round(j N / n), j < n: always the first (noisiest) time, then even skips
+    (the default ladder of an ASD student, arXiv:2511.01419 sec. 3.2, and fewer steps of any distilled student)."""
+    if not 1 <= n <= len(times):
+        raise ValueError(f"a subset of {len(times)} times needs 1..{len(times)} of them, got {n}")
+    return tuple(float(times[round(j * len(times) / n)]) for j in range(n))
 
 
 def _check_times(times: Any, what: str) -> tuple[float, ...]:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..data import Batch
-from ..inference.spec import SamplingSpec
+from ..inference.spec import SamplingSpec, evenly_spaced_subset
 from ..inference.streaming import stream_chunks
 from ..models.base import Cond, DiffusionModel
 from ..models.heads import attach_head
@@ -127,8 +127,7 @@ def resolve_ladder(ladder: list[list[float]], top: list[float]) -> list[list[flo
     """The ladder a config gives, validated, or the default: for each n in 1..N the n times of ``top`` (N steps) at
     indices round(j N / n), j < n (evenly spaced, always starting at the first time)."""
     if not ladder:
-        steps = len(top)
-        ladder = [[top[round(j * steps / n)] for j in range(n)] for n in range(1, steps + 1)]
+        ladder = [list(evenly_spaced_subset(top, n)) for n in range(1, len(top) + 1)]
     if len(ladder) < 2:
         raise ValueError(f"method.ladder needs at least two schedules (a pair to compare), got {ladder}; give "
                          "student_times with >= 2 steps or list the schedules")

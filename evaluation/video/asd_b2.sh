@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark B2 for adversarial self-distillation (issue "ASD + first-frame enhancement"): every run from the same
 # ODE-regression initialisation (recipes/video/ode_init.yaml) and for the same CPU time (trainer.max_seconds 2400 in
-# each recipe; run them alone on the machine), then ONE scoring run of every student at 1, 2 and 4 steps per chunk,
-# with and without first-frame enhancement, beside the teacher:
+# each recipe; run them alone on the machine), then ONE scoring run of every student at 1, 2 and 4 steps per chunk
+# (a 4-step student without a ladder at fewer steps: the evenly spaced subset of its times), with and without
+# first-frame enhancement (+0: none), beside the teacher:
 #   self forcing trained for 1, 2 and 4 steps on its own (ASD's "Self Forcing†" baselines; the 4-step one is also
 #   "without ASD" at every step count), ASD (Self Forcing's GAN weights 1e-2, ladder 1-2-3-4), and the ablations of
 #   its open choices: the adversarial weight (1e-1) and the step pairs (ladder 1-2-4).
@@ -28,7 +29,7 @@ if [[ $what == score || $what == all ]]; then
   for name in sf-1step=runs/video-self-forcing-1step sf-2step=runs/video-self-forcing-2step; do rows+=(--student "$name"); done
   for run in self-forcing-4step-2400s:sf-4step asd:asd asd-w0.1:asd-w0.1 asd-ladder124:asd-124; do
     dir=runs/video-${run%%:*} label=${run##*:}
-    for setting in @1 @1+2 @1+4 @2 @2+4 @4; do rows+=(--student "$label$setting=$dir$setting"); done
+    for setting in 1+0 1+2 1+4 2+0 2+4 4+0; do rows+=(--student "$label@${setting%+0}=$dir@$setting"); done
   done
   .venv/bin/python evaluation/video/compare.py "${rows[@]}" --n 200 --name asd_b2 --out evaluation/results/video/asd_b2
 fi

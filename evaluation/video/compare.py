@@ -87,6 +87,11 @@ def main() -> None:
     students = [parse_student(item) for item in args.student]
     if not students:
         raise SystemExit("pass at least one --student NAME=PATH[@STEPS][+FFE]")
+    for name, export, steps, ffe in students:     # every setting checked before an hour of scoring, not during it
+        try:
+            export_spec(export, load_model(export), steps, ffe=ffe)
+        except ValueError as err:
+            raise SystemExit(f"--student {name}: {err}") from err
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     evaluator = VideoEvaluator()
