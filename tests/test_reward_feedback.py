@@ -48,10 +48,11 @@ def test_classifier_reward_is_the_log_probability_of_the_conditioning_class_with
     labels = torch.tensor([0, 1, 2, 3, 4, 9])
     r = reward(x, Cond(labels=labels))
     with torch.no_grad():
-        want = torch.log_softmax(reward.net(x), 1)[torch.arange(6), labels]
+        want = torch.log_softmax(reward.net(x.clamp(-1, 1)), 1)[torch.arange(6), labels]
     torch.testing.assert_close(r, want)
     r.sum().backward()
     assert x.grad.abs().sum() > 0 and all(p.grad is None for p in reward.parameters())
+    assert (x.grad[x.detach().abs() > 1] == 0).all()     # out-of-range pixels: clamped as the evaluator does
     with pytest.raises(ValueError, match="labels"):
         reward(x, Cond())
 

@@ -64,7 +64,8 @@ class ClassifierReward(Reward):
         if cond.labels is None:
             raise ValueError("the classifier reward scores the conditioning class: the data must carry labels")
         self.net.eval()              # BatchNorm statistics stay the trained ones
-        logp = F.log_softmax(self.net(x0.float()), dim=1)
+        # the evaluator clamps samples to [-1, 1] (metrics/fmnist.py): pixels beyond it earn no reward here either
+        logp = F.log_softmax(self.net(x0.float().clamp(-1.0, 1.0)), dim=1)
         return logp.gather(1, cond.labels.long().reshape(-1, 1).to(logp.device)).squeeze(1)
 
 
