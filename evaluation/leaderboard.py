@@ -3,6 +3,7 @@
     python evaluation/leaderboard.py --bench b3                    # reads committed raw output (seconds)
     python evaluation/leaderboard.py --bench b1 b2 --rescore      # samples every student beside its teacher (CPU: ~30 min)
     python evaluation/leaderboard.py --readme README.md           # writes the tables into README's marked blocks
+                                                                  # (and refreshes its <!-- table:PATH --> quotes)
 
 Rows come from evaluation/leaderboard.yaml. B1 and B2 rows are scored in ONE run per benchmark with the teacher row
 (evaluation/fmnist/compare.py, evaluation/video/compare.py; raw output in <out>/raw/), so every speed ratio is measured
@@ -11,7 +12,9 @@ committed equal-budget toy experiments (several seeds; the command that made eac
 benchmark's quality metrics, NFE, speed ratio (B1/B2), training steps and CPU time counting earlier stages.
 Writes <out>/<bench>.md and .json, and <out>/<bench>_quality.png: quality against steps per method and against
 training time. README blocks between `<!-- leaderboard:<bench> -->` and `<!-- /leaderboard:<bench> -->` are
-replaced by <bench>.md; tests/test_leaderboard.py checks that README and the committed tables agree.
+replaced by <bench>.md, and blocks between `<!-- table:PATH -->` and `<!-- /table -->` by the first table of the
+committed raw output PATH (single-benchmark runs: the teacher's step sweep, a method's own table); tests/
+test_leaderboard.py checks that README and the committed tables agree.
 """
 
 from __future__ import annotations
@@ -159,6 +162,38 @@ def readme_block(text: str, bench: str) -> str | None:
     return match.group(1) if match else None
 
 
+TABLE_BLOCK = re.compile(r"<!-- table:(?P<path>\S+) -->\n(?P<body>.*?)<!-- /table -->", re.S)
+
+
+def first_table(path: Path) -> str:
+    """The first markdown table of a committed raw-output file (its ``|`` lines), as the README shows it."""
+    if not path.is_file():
+        raise SystemExit(f"the README quotes a table from {path}, which does not exist: rerun the command that "
+                         "writes it (named next to the block) or fix the path")
+    lines, started = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("|"):
+            lines.append(line)
+            started = True
+        elif started:
+            break
+    if not lines:
+        raise SystemExit(f"{path} holds no markdown table for the README to quote")
+    return "\n".join(lines) + "\n"
+
+
+def quoted_tables(text: str) -> list[tuple[str, str]]:
+    """README's ``<!-- table:PATH -->`` blocks: (PATH relative to the repository, the table the block holds)."""
+    return [(m["path"], m["body"]) for m in TABLE_BLOCK.finditer(text)]
+
+
+def fill_quoted_tables(text: str) -> str:
+    """``text`` with every ``<!-- table:PATH -->`` block holding PATH's first table: the README's other results
+    tables are quoted from committed raw output, never typed."""
+    return TABLE_BLOCK.sub(lambda m: f"<!-- table:{m['path']} -->\n{first_table(ROOT / m['path'])}<!-- /table -->",
+                           text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bench", nargs="*", choices=BENCHES, default=[], help="benchmarks to (re)build")
@@ -189,7 +224,7 @@ def main() -> None:
             table = out / f"{bench}.md"
             if table.is_file() and readme_block(text, bench) is not None:
                 text = replace_block(text, bench, table.read_text())
-        readme.write_text(text)
+        readme.write_text(fill_quoted_tables(text))
         print(f"updated the leaderboard blocks of {readme}")
 
 

@@ -28,6 +28,27 @@ def test_readme_tables_are_the_committed_leaderboard_output():
             f"README's {bench} table differs from {OUT / bench}.md: run evaluation/leaderboard.py --readme README.md"
 
 
+def test_every_other_readme_table_quotes_committed_raw_output():
+    """Results tables outside the leaderboard blocks are quoted from a committed raw-output file
+    (`<!-- table:PATH -->`), never typed: each block holds exactly that file's first table."""
+    lb = leaderboard()
+    quoted = lb.quoted_tables((ROOT / "README.md").read_text())
+    assert len(quoted) >= 3
+    for path, body in quoted:
+        assert body == lb.first_table(ROOT / path), f"README's table from {path} differs: run " \
+            "python evaluation/leaderboard.py --readme README.md"
+
+
+def test_quoted_tables_are_refreshed_and_a_missing_source_is_an_error(tmp_path, monkeypatch):
+    lb = leaderboard()
+    monkeypatch.setattr(lb, "ROOT", tmp_path)
+    (tmp_path / "r.md").write_text("title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nnotes\n| other | table |\n")
+    text = "x\n<!-- table:r.md -->\n| old |\n<!-- /table -->\ny\n"
+    assert lb.fill_quoted_tables(text) == "x\n<!-- table:r.md -->\n| a | b |\n|---|---|\n| 1 | 2 |\n<!-- /table -->\ny\n"
+    with pytest.raises(SystemExit, match="does not exist"):
+        lb.fill_quoted_tables("<!-- table:gone.md -->\n<!-- /table -->\n")
+
+
 def test_the_committed_b3_table_is_what_the_committed_raw_results_give():
     lb = leaderboard()
     config = yaml.safe_load((ROOT / "evaluation" / "leaderboard.yaml").read_text())
