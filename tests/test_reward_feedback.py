@@ -152,3 +152,44 @@ def test_on_the_mixture_the_lora_raises_the_reward(tmp_path):
     with torch.no_grad():
         after = m.preview(1000)[:, 0].mean()
     assert after > before + 1.0 and after < 2.5, (before, after)
+
+
+def test_merge_lora_builds_on_the_runs_student_export_and_keeps_its_class_tokens(tmp_path):
+    """B1's feedback LoRA sits on the one-step student (the run's `student:` section), not on the teacher in
+    `model:`: the half-weight merge is the mean of that base and the fully merged student, class tokens included."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+    from tiny_diffusers import tiny_sd15_unet_config
+
+    from diffdistill.models.base import role_copy
+    from diffdistill.models.class_tokens import CLASS_TOKENS
+    from diffdistill.models.registry import build_model, merge_lora, save_model
+
+    cfg = dict(tiny_sd15_unet_config(), in_channels=1, out_channels=1, sample_size=32)
+    torch.manual_seed(0)
+    teacher = save_model(build_model({"kind": "unet", "config": cfg, "num_classes": 3}), tmp_path / "teacher")
+    torch.manual_seed(1)
+    base_model = build_model({"kind": "unet", "config": cfg, "num_classes": 3})
+    base = save_model(base_model, tmp_path / "one-step")
+    student = role_copy(base_model, LoraConfig(rank=4, alpha=4.0))
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+    run_config = {"model": {"kind": "unet", "pretrained": str(teacher)},
+                  "student": {"kind": "unet", "pretrained": str(base)},
+                  "method": {"name": "reward_feedback", "student_lora": {"rank": 4, "alpha": 4.0}}}
+    sampling = {"sampler": "tcd", "times": [1.0], "eta": 0.3, "num_classes": 3}
+    export = save_model(student, tmp_path / "run" / "export", {"sampling": sampling, "run_config": run_config})
+    half = merge_lora(tmp_path / "run", 0.5, tmp_path / "half")
+    full_unet = UNet2DConditionModel.from_pretrained(export, subfolder="unet")
+    base_unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    half_unet = UNet2DConditionModel.from_pretrained(half, subfolder="unet")
+    moved = 0
+    for name, p in half_unet.named_parameters():
+        want = (base_unet.get_parameter(name) + full_unet.get_parameter(name)) / 2
+        torch.testing.assert_close(p, want, rtol=1e-5, atol=1e-6)
+        moved += int(not torch.equal(p, base_unet.get_parameter(name)))
+    assert moved > 0
+    for key, value in load_file(base / CLASS_TOKENS).items():
+        torch.testing.assert_close(load_file(half / CLASS_TOKENS)[key], value)
