@@ -113,6 +113,8 @@ def test_dmd2_recipe_trains_and_its_student_samples_with_its_own_schedule(tmp_pa
     # log lines average over their window: steps 1-3 hold one student update (step 1) and three critic updates
     assert [r["step"] for r in rows] == [3, 6] and all("critic/denoise" in r for r in rows)
     assert "student/dm" in rows[0] and "student/dm" in rows[1]                         # student steps 1 and 6
+    # the process's peak memory (CPU: resident set; this Python with torch holds far more than 50 MB), never falling
+    assert 50 < rows[0]["peak_mem_mb"] <= rows[1]["peak_mem_mb"] < 24 * 1024
     sample = cli("sample", tmp_path, "--n", 64)
     assert sample.returncode == 0, sample.stderr
     assert json.loads(sample.stdout)["sampler"] == "few_step"

@@ -435,12 +435,23 @@ def _check_finite(accelerator: Accelerator, loss: torch.Tensor, phase: str, step
 
 
 def _log(accelerator: Accelerator, logs: dict[str, float], step: int, run_dir: Path, elapsed: float) -> None:
-    row = {"step": step, "time_s": round(elapsed, 3), **logs}
+    row = {"step": step, "time_s": round(elapsed, 3), "peak_mem_mb": round(peak_memory_mb(accelerator.device), 1),
+           **logs}
     if accelerator.is_main_process:
         with open(run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         if accelerator.log_with:
             accelerator.log(logs, step=step)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The run's peak memory so far: allocated tensors on an accelerator, the process's peak resident set on the CPU
+    (what an ablation such as self forcing without gradient truncation costs)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024        # Linux reports kilobytes
 
 
 def loss_terms(logs: dict[str, float]) -> dict[str, str]:
