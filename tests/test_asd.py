@@ -4,6 +4,7 @@ the student gets gradient only through its n-step rollout (one forward per chunk
 exactly the per-chunk step counts its spec says (network calls counted); the export serves every rung."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -234,18 +235,31 @@ def test_the_video_compare_scores_rungs_and_first_frame_enhancement(tmp_path):
     student = tiny_teacher(frames=8, size=32).make_causal(2)
     spec = SamplingSpec("few_step", tuple(TIMES), 1.0, 10, chunk_frames=2, ladder=((1.0,), (1.0, 0.75), tuple(TIMES)))
     save_model(student, tmp_path / "student", {"sampling": spec.to_dict()})
+    plain = replace(spec, ladder=())                         # self forcing's 4-step student: no ladder
+    save_model(student, tmp_path / "plain", {"sampling": plain.to_dict()})
+    whole = SamplingSpec("few_step", tuple(TIMES), 1.0, 10)  # a bidirectional few-step student (Phased DMD's)
+    save_model(tiny_teacher(frames=8, size=32), tmp_path / "whole", {"sampling": whole.to_dict()})
     out = tmp_path / "bench"
     root = Path(__file__).resolve().parents[1]
     s = str(tmp_path / "student")
     cmd = [sys.executable, "evaluation/video/compare.py", "--teacher", str(tmp_path / "teacher"), "--teacher-steps",
            "2", "--n", "20", "--time-n", "4", "--batch", "10", "--out", str(out), "--name", "tiny",
-           "--student", f"one={s}@1", "--student", f"one*={s}@1+4", "--student", f"two={s}@2"]
+           "--student", f"one={s}@1", "--student", f"one*={s}@1+4", "--student", f"two={s}@2",
+           "--student", f"plain={tmp_path / 'plain'}@1+2", "--student", f"whole={tmp_path / 'whole'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((out / "tiny.json").read_text())["rows"]
     assert [(r["name"], r["steps"], r.get("first_chunk_steps")) for r in rows] == [
-        ("teacher 2 steps", 2, None), ("one", 1, 1), ("one*", 1, 4), ("two", 2, 2)]
+        ("teacher 2 steps", 2, None), ("one", 1, 1), ("one*", 1, 4), ("two", 2, 2), ("plain", 1, 2),
+        ("whole", 4, 4)]
     assert rows[0]["speed_ratio_vs_teacher"] == 1.0 and all(r["speed_ratio_vs_teacher"] > 0 for r in rows)
-    assert not any(r.get("off_schedule") for r in rows[1:]) and (out / "tiny_onex.gif").is_file()
-    bad = subprocess.run(cmd[:-6] + ["--student", f"x={s}@one"], capture_output=True, text=True, cwd=root)
+    assert not any(r.get("off_schedule") for r in rows[1:4]) and (out / "tiny_onex.gif").is_file()
+    # fewer steps than trained, without a ladder: off its times, on the subset of them
+    assert rows[4]["off_schedule"] and rows[4]["times"] == [1.0] and rows[4]["first_chunk_times"] == [1.0, 0.75]
+    bad = subprocess.run(cmd[:-10] + ["--student", f"x={s}@one"], capture_output=True, text=True, cwd=root)
     assert bad.returncode != 0
+    # a setting the student cannot serve stops the run before any sampling, naming the student
+    bad = subprocess.run(cmd[:-10] + ["--student", f"w={tmp_path / 'whole'}@1+4"], capture_output=True, text=True,
+                         cwd=root)
+    assert bad.returncode != 0 and "--student w:" in bad.stderr and "causal" in bad.stderr
+    assert not (out / "tiny_w.gif").exists()

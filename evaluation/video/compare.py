@@ -1,13 +1,15 @@
-"""Benchmark B2 for causal (streaming) students side by side: each at chosen steps per chunk, with or without
-first-frame enhancement, against the teacher's best setting, in one run.
+"""Benchmark B2 for video students side by side: causal (streaming) ones at chosen steps per chunk, with or without
+first-frame enhancement, and bidirectional few-step ones (the whole clip at once), against the teacher's best
+setting, in one run.
 
     python evaluation/video/compare.py --student asd@1=runs/video-asd@1 --student asd@1*=runs/video-asd@1+4 \
         --student sf-1step=runs/video-self-forcing-1step --n 200 --name asd_b2
 
-``NAME=PATH[@STEPS][+FFE]``: a causal student's export (or run dir) sampled through the one sampling path (chunk by
-chunk, KV cache) with STEPS steps per chunk (a rung of its ladder; a student without a ladder off its own times goes
-through its few-step grid, which the table marks) and the first chunk on FFE steps (first-frame enhancement, ASD
-arXiv:2511.01419 sec. 3.3). Rows: the teacher at ``--teacher-steps`` Euler steps with CFG ``--guidance`` (its best
+``NAME=PATH[@STEPS][+FFE]``: a student's export (or run dir) sampled through the one sampling path (a causal one chunk
+by chunk with its KV cache) with STEPS steps (per chunk; a rung of its ladder; a student without a ladder at fewer
+steps than it was trained for takes the evenly spaced subset of its own times, which the table marks as off its
+times) and the first chunk on FFE steps (first-frame enhancement, ASD arXiv:2511.01419 sec. 3.3; +0: none; causal
+students only). Rows: the teacher at ``--teacher-steps`` Euler steps with CFG ``--guidance`` (its best
 per-frame FID setting, evaluation/results/video/teacher.md) and every student, each with per-frame FID, FD motion,
 FD track, class accuracy, consistency (diffdistill/metrics/video.py), NFE per chunk, frames/s and its ratio to the
 teacher's (measured in this run) and the student's training steps and wall time, earlier stages included.
@@ -51,8 +53,6 @@ def student_row(name: str, export: Path, steps: int | None, ffe: int | None, arg
                 evaluator: VideoEvaluator, out: Path) -> dict:
     model = load_model(export).eval()
     own = export_spec(export, model)
-    if not own.chunk_frames:
-        raise SystemExit(f"{export} is not a causal student (its sampling has no chunk_frames)")
     spec = export_spec(export, model, steps, ffe=ffe)
     off = own.off_schedule(steps)
     row = _scored(name, model, spec, args, evaluator, out)
