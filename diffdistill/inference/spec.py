@@ -173,10 +173,11 @@ class SamplingSpec:
         if ffe < steps:
             raise ValueError(f"first-frame enhancement gives the first chunk MORE steps than the others: ffe={ffe} "
                              f"< {steps} steps")
-        if self.ladder and self.rung(ffe) is None:
-            raise ValueError(f"this student serves {[len(r) for r in self.ladder]} steps; first-frame enhancement "
-                             f"needs one of them for the first chunk, got ffe={ffe}")
-        if ffe > self.steps:
+        if self.ladder:
+            if self.rung(ffe) is None:
+                raise ValueError(f"this student serves {[len(r) for r in self.ladder]} steps; first-frame "
+                                 f"enhancement needs one of them for the first chunk, got ffe={ffe}")
+        elif ffe > self.steps:
             raise ValueError(f"this student was trained for {self.steps} steps; first-frame enhancement can give the "
                              f"first chunk at most those, got ffe={ffe}")
         return self.schedule_of(ffe, schedule)
