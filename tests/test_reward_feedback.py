@@ -159,7 +159,7 @@ def test_merge_lora_builds_on_the_runs_student_export_and_keeps_its_class_tokens
     `model:`: the half-weight merge is the mean of that base and the fully merged student, class tokens included."""
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
-    from tiny_diffusers import tiny_sd15_unet_config
+    from tiny_diffusers import assert_merged_midway, tiny_sd15_unet_config
 
     from diffdistill.models.base import role_copy
     from diffdistill.models.class_tokens import CLASS_TOKENS
@@ -185,11 +185,6 @@ def test_merge_lora_builds_on_the_runs_student_export_and_keeps_its_class_tokens
     full_unet = UNet2DConditionModel.from_pretrained(export, subfolder="unet")
     base_unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     half_unet = UNet2DConditionModel.from_pretrained(half, subfolder="unet")
-    moved = 0
-    for name, p in half_unet.named_parameters():
-        want = (base_unet.get_parameter(name) + full_unet.get_parameter(name)) / 2
-        torch.testing.assert_close(p, want, rtol=1e-5, atol=1e-6)
-        moved += int(not torch.equal(p, base_unet.get_parameter(name)))
-    assert moved > 0
+    assert_merged_midway(half_unet, base_unet, full_unet)
     for key, value in load_file(base / CLASS_TOKENS).items():
         torch.testing.assert_close(load_file(half / CLASS_TOKENS)[key], value)

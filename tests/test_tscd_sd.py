@@ -16,7 +16,7 @@ from diffdistill.models.base import LoraConfig, role_copy  # noqa: E402
 from diffdistill.models.diffusers import COMFYUI_LORA  # noqa: E402
 from diffdistill.models.registry import build_model, load_model, read_export_meta, save_model  # noqa: E402
 from test_dmd2_sd import run_recipe, sdxl, sdxl_cond  # noqa: E402,F401  (sdxl: the module fixture)
-from tiny_diffusers import tiny_sdxl_pipeline  # noqa: E402
+from tiny_diffusers import assert_merged_midway, tiny_sdxl_pipeline  # noqa: E402
 
 
 def lora_student(folder, rank=4, alpha=2.0):
@@ -146,13 +146,7 @@ def test_merge_lora_writes_the_student_with_its_adapters_at_the_chosen_weight(sd
     assert main(["merge-lora", str(tmp_path / "run"), "--weight", "0.5", "--out", str(tmp_path / "half")]) == 0
     full = UNet2DConditionModel.from_pretrained(export, subfolder="unet")
     half = UNet2DConditionModel.from_pretrained(tmp_path / "half", subfolder="unet")
-    base = teacher.network
-    moved = 0
-    for name, p in half.named_parameters():
-        want = (base.get_parameter(name) + full.get_parameter(name)) / 2
-        torch.testing.assert_close(p, want, rtol=1e-5, atol=1e-6)
-        moved += int(not torch.equal(p, base.get_parameter(name)))
-    assert moved > 0
+    assert_merged_midway(half, teacher.network, full)
     meta = read_export_meta(tmp_path / "half")
     assert meta["lora_weight"] == 0.5 and meta["sampling"]["sampler"] == "tcd"
     save_model(teacher, tmp_path / "full-run" / "export", {"sampling": sampling, "run_config": {

@@ -199,3 +199,14 @@ def tiny_clip_model(vocab_size: int, seed: int = 0):
                      vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
                                         num_hidden_layers=2, image_size=32, patch_size=8), projection_dim=16)
     return CLIPModel(cfg)
+
+
+def assert_merged_midway(half, base, full) -> None:
+    """A LoRA merged at weight 0.5 is the mean of the base and the fully merged network, parameter by parameter (the
+    update is linear in the scale), and it moved some of them."""
+    moved = 0
+    for name, p in half.named_parameters():
+        want = (base.get_parameter(name) + full.get_parameter(name)) / 2
+        torch.testing.assert_close(p, want, rtol=1e-5, atol=1e-6)
+        moved += int(not torch.equal(p, base.get_parameter(name)))
+    assert moved > 0
