@@ -15,7 +15,7 @@ what=${1:-all}
 dd=.venv/bin/diffdistill
 long="trainer.max_steps=100000"          # the time budget decides, not the step cap
 if [[ $what == train || $what == all ]]; then
-  # the baseline exactly as asd_b2.sh trains it (a no-op when that run is finished)
+  # the baseline exactly as asd_b2.sh trains it (when that run is finished this only writes its export again)
   $dd train recipes/video/self_forcing.yaml trainer.max_seconds=2400 trainer.max_steps=5000 \
       output_dir=runs/video-self-forcing-4step-2400s
   $dd train recipes/video/self_forcing_no_ode_init.yaml trainer.max_seconds=4830 $long \
