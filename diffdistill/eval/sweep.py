@@ -38,7 +38,7 @@ def sweep_order(steps: list[int]) -> list[int]:
 
 
 def step_sweep(model: DiffusionModel, steps: list[int], n: int, *, guidance: float, sampler: str = "ode",
-               spacing: str = "trailing", batch: int = 500, seed: int = 0, num_classes: int = 10,
+               spacing: str = "trailing", batch: int = 100, seed: int = 0, num_classes: int = 10,
                score: Score, after: AfterSetting, unit: str = "images") -> list[dict]:
     """Sample and ``score(samples, labels)`` at every step count; ``after(steps, samples, labels, rows)`` runs after
     each setting (write tables, grids: nothing is lost if the sweep is cut). ``unit`` names the throughput column:
