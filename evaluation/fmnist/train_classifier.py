@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--what", default="Fashion-MNIST evaluator for benchmark B1 (FID-FMNIST features, class accuracy)",
+                   help="what the card says the classifier is for (e.g. a reward model, not the evaluator)")
     p.add_argument("--log", default="evaluation/results/fmnist/classifier_log.json")
     p.add_argument("--out", default=str(ASSETS), help="the folder to write (default: the shipped evaluator's); a "
                    "second classifier (another seed) is a reward model that does not grade itself")
@@ -70,7 +72,7 @@ def main() -> None:
     for line in log:
         print(json.dumps(line))
     acc, test_feats = evaluate(net, tx, ty)
-    card = {"what": "Fashion-MNIST evaluator for benchmark B1 (FID-FMNIST features, class accuracy)",
+    card = {"what": args.what,
             "command": "python " + " ".join(sys.argv), "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "seed": args.seed, "test_accuracy": acc, "wall_time_s": round(time.perf_counter() - started, 1),
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
