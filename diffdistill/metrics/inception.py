@@ -424,11 +424,28 @@ class _CleanFidLayout(nn.Module):
         return torch.zeros(img.shape[0], 2048)
 
 
+def inception_to_torchscript(trunk: nn.Module) -> torch.jit.ScriptModule:
+    """``trunk`` as a torchscript module, by tracing (its forward is straight-line code, so the trace is exact for
+    any batch size and any input size >= 75).
+
+    Why not ``torch.jit.script``: scripting compiles ``nn.Conv2d``'s Python source and looks every attribute up in
+    torch's builtin-op table, which is keyed by ``id()``; ops re-registered during a process can leave stale ids
+    there, and a Conv2d padding list that later lands on such an address fails with "builtin cannot be used as a
+    value" (seen once in CI, depending on what ran earlier in the process). Tracing records ops and looks nothing
+    up. A module that is already torchscript is returned as it is."""
+    if isinstance(trunk, torch.jit.ScriptModule):
+        return trunk
+    example = torch.zeros(1, 3, 75, 75)                 # the smallest size the trunk takes: the cheapest trace
+    with torch.no_grad():
+        return torch.jit.trace(trunk.eval(), example, check_trace=False)
+
+
 def save_clean_fid_layout(trunk: nn.Module, path: str | Path) -> Path:
     """Write ``trunk`` (e.g. :func:`random_inception`) as a torchscript file in clean-fid's layout, so clean-fid and
     our clean mode can run the SAME weights where the published file cannot be downloaded (agreement tests, B4)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.script(_CleanFidLayout(torch.jit.script(trunk))).save(str(path))
+    # only the wrapper's own forward is compiled; the trunk goes in already traced (see inception_to_torchscript)
+    torch.jit.script(_CleanFidLayout(inception_to_torchscript(trunk))).save(str(path))
     return path
 
