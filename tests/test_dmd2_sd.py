@@ -115,6 +115,7 @@ def run_recipe(recipe, pipeline, latents, out, *extra):
     return out / "export"
 
 
+@pytest.mark.slow        # 50-80 s each on 2 cores: the default tier stays under 5 minutes; CI runs them in the slow tier
 @pytest.mark.parametrize("recipe", ["sdxl_4step", "sdxl_4step_lora"])
 def test_sdxl_recipes_train_two_steps_on_a_tiny_sdxl_and_export_for_diffusers(sdxl, tmp_path, recipe):
     pipe, folder, latents = sdxl

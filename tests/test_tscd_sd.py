@@ -83,6 +83,7 @@ def test_lora_is_also_written_in_the_kohya_layout_comfyui_loads(sdxl, tmp_path):
     torch.testing.assert_close(delta, layer.get_delta_weight(adapter))
 
 
+@pytest.mark.slow        # ~90 s on 2 cores: the default tier stays under 5 minutes; CI runs it in the slow tier
 def test_sdxl_tscd_and_one_step_recipes_train_two_steps_on_a_tiny_sdxl(sdxl, tmp_path):
     """The published-settings recipes (LoRA, lr 1e-6, stages 8-4-2-1, TCD) run on a tiny SDXL: TSCD, then the
     one-step enhancement from its export; the unified export samples with TCD and ships both LoRA layouts."""
