@@ -56,6 +56,7 @@ def test_loss_terms_keep_each_roles_metrics_apart_and_drop_rates_and_norms():
     assert loss_terms(logs) == {"student/gan": "0.5", "critic/gan": "0.25", "student/dm": "0.125"}
 
 
+@pytest.mark.slow        # four CLI subprocesses, ~37 s: keeps the default tier under 5 minutes (CI runs the slow tier)
 def test_sampling_never_overwrites_and_refuses_a_students_off_schedule_steps(tmp_path):
     student = REPO / "diffdistill/assets/fmnist/dmd2_1step"
     export = tmp_path / "student"
