@@ -432,10 +432,11 @@ def inception_to_torchscript(trunk: nn.Module) -> torch.jit.ScriptModule:
     torch's builtin-op table, which is keyed by ``id()``; ops re-registered during a process can leave stale ids
     there, and a Conv2d padding list that later lands on such an address fails with "builtin cannot be used as a
     value" (seen once in CI, depending on what ran earlier in the process). Tracing records ops and looks nothing
-    up. A module that is already torchscript is returned as it is."""
+    up. A module that is already torchscript is returned as it is; any other is put in eval mode (the trace keeps
+    BatchNorm's running statistics)."""
     if isinstance(trunk, torch.jit.ScriptModule):
         return trunk
-    example = torch.zeros(1, 3, 75, 75)                 # the smallest size the trunk takes: the cheapest trace
+    example = torch.zeros(1, 3, 75, 75, device=next(trunk.parameters()).device)   # smallest size: cheapest trace
     with torch.no_grad():
         return torch.jit.trace(trunk.eval(), example, check_trace=False)
 
