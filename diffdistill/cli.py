@@ -27,7 +27,7 @@ import torch
 from .config import ConfigError, dump_yaml, load_yaml
 from .inference.spec import SAMPLERS
 from .models.registry import MODEL_KINDS, count_parameters, find_export, load_model, read_export_meta
-from .train.recipe import ResolvedRun, RunConfig, resolve
+from .train.recipe import ResolvedRun, resolve
 
 EXIT_BAD_INPUT = 2
 
@@ -274,7 +274,7 @@ def _train_locked(run: ResolvedRun, run_dir: Path, accelerator: Any, write_confi
                       f"{run.trainer.max_steps} steps{processes} -> {run_dir}")
     started = time.perf_counter()
     try:
-        result = fit(method, data, run.trainer, run_dir, accelerator, resolved, _start_lineage(run.run), quiet)
+        result = fit(method, data, run.trainer, run_dir, accelerator, resolved, _start_lineage(run), quiet)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -290,16 +290,18 @@ def _train_locked(run: ResolvedRun, run_dir: Path, accelerator: Any, write_confi
     return 0
 
 
-def _start_lineage(run: RunConfig) -> list[dict[str, Any]]:
-    """Earlier stages of a student that starts from one of our exports (``student: {pretrained: <export>}``): a
-    further stage of a shipped student counts the training it continues. The teacher's (``model:``) and the
-    critic's training are not the student's cost, as in the benchmark tables."""
-    from .train.lineage import stages_of_export
+def _start_lineage(run: ResolvedRun) -> list[dict[str, Any]]:
+    """Earlier stages the trained network's starting point already cost: the training of one of our exports it
+    continues (``student: {pretrained: <export>}``: a further stage of a shipped student), and the teacher
+    trajectories an ODE regression trains on (``data: {name: ode_pairs}``: their generation time). The teacher's
+    (``model:``) and the critic's training are not the student's cost, as in the benchmark tables."""
+    from .train.lineage import stages_of_export, stages_of_ode_pairs
 
-    spec = run.role_sections().get("student")
-    if not spec or not spec.get("pretrained") or not Path(spec["pretrained"]).exists():   # none, or a hub id
-        return []
-    return stages_of_export(find_export(spec["pretrained"]))     # a run directory means its export/, as it loads
+    stages = stages_of_ode_pairs(run.data.config.path) if run.data.name == "ode_pairs" else []
+    spec = run.run.role_sections().get("student")
+    if spec and spec.get("pretrained") and Path(spec["pretrained"]).exists():       # not a hub id
+        stages += stages_of_export(find_export(spec["pretrained"]))   # a run directory means its export/, as it loads
+    return stages
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

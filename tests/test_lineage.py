@@ -10,6 +10,7 @@ from diffdistill.train.lineage import (
     run_log_seconds,
     stages_before,
     stages_of_export,
+    stages_of_ode_pairs,
     total_training,
 )
 
@@ -68,3 +69,12 @@ def test_shipped_students_record_the_stages_their_cards_add_up(name):
     card = json.loads((folder / "card.json").read_text())
     assert len(meta["earlier_stages"]) == 1 and meta["earlier_stages"] == card["earlier_stages"]
     assert total_training(meta) == (card["trained_steps"], card["wall_time_s"])
+
+
+def test_ode_pairs_count_their_generation_time_and_older_folders_count_nothing(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"format": 1, "count": 8, "generation_seconds": 12.5}))
+    assert stages_of_ode_pairs(tmp_path) == [{"run": str(tmp_path), "checkpoint": "ode-pairs", "steps": 0,
+                                              "seconds": 12.5}]
+    (tmp_path / "meta.json").write_text(json.dumps({"format": 1, "count": 8}))     # written before the field
+    assert stages_of_ode_pairs(tmp_path) == []
+    assert stages_of_ode_pairs(tmp_path / "missing") == []

@@ -177,7 +177,14 @@ def test_ode_pairs_lie_on_the_teachers_path_and_initialise_the_self_forcing_stud
                  f"student.pretrained={init / 'export'}", "data.frames=4", "data.size=16", "data.sprite_size=8",
                  "trainer.max_steps=1", "trainer.batch_size=2", "trainer.log_every=1", "trainer.preview_count=2",
                  f"output_dir={run}"]) == 0
-    assert json.loads((run / "export" / "diffdistill.json").read_text())["sampling"]["chunk_frames"] == 2
+    meta = json.loads((run / "export" / "diffdistill.json").read_text())
+    assert meta["sampling"]["chunk_frames"] == 2
+    # the student's lineage counts the pairs' generation, then the ODE regression, before its own run
+    generation = json.loads((pairs / "meta.json").read_text())["generation_seconds"]
+    assert generation > 0
+    pairs_stage, regression = meta["earlier_stages"]
+    assert pairs_stage == {"run": str(pairs), "checkpoint": "ode-pairs", "steps": 0, "seconds": generation}
+    assert regression["run"] == str(init / "export") and regression["steps"] == 2
 
 
 def test_two_processes_share_each_exit_step_and_keep_identical_students(tmp_path):

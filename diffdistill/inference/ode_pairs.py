@@ -9,6 +9,7 @@ teacher's path (CausVid, arXiv:2412.07772, sec. 3.3 keeps the states of a 50-ste
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -50,7 +51,9 @@ def teacher_trajectories(teacher: DiffusionModel, noise: Tensor, times: list[flo
 def write_ode_pairs(teacher: DiffusionModel, out: str | Path, n: int, times: list[float], guidance: float,
                     steps_per_segment: int = 12, num_classes: int = 0, seed: int = 0, batch_size: int = 16,
                     shard_size: int = 1000, info: dict | None = None) -> Path:
-    """Sample ``n`` class-balanced trajectories of ``teacher`` (noise from ``seed``) into ``out``; returns it."""
+    """Sample ``n`` class-balanced trajectories of ``teacher`` (noise from ``seed``) into ``out``; returns it.
+    The meta records the wall time as ``generation_seconds``: the pairs are a stage of the student that regresses on
+    them (train/lineage.py ``stages_of_ode_pairs``), so benchmark tables count it."""
     from safetensors.torch import save_file
 
     if n < 1 or batch_size < 1:
@@ -61,6 +64,7 @@ def write_ode_pairs(teacher: DiffusionModel, out: str | Path, n: int, times: lis
     out.mkdir(parents=True, exist_ok=True)
     device = next(teacher.parameters()).device
     gen = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
     shards, buffer = [], {"states": [], "x0": [], "labels": []}
 
     def flush() -> None:
@@ -85,6 +89,7 @@ def write_ode_pairs(teacher: DiffusionModel, out: str | Path, n: int, times: lis
             flush()
     flush()
     meta = {"format": 1, "count": n, "times": list(times), "shards": shards, "guidance": guidance,
-            "steps_per_segment": steps_per_segment, "seed": seed, "num_classes": num_classes, **(info or {})}
+            "steps_per_segment": steps_per_segment, "seed": seed, "num_classes": num_classes,
+            "generation_seconds": round(time.perf_counter() - started, 1), **(info or {})}
     (out / META).write_text(json.dumps(meta, indent=2))
     return out

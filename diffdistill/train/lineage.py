@@ -66,6 +66,19 @@ def stages_of_export(directory: str | Path) -> list[dict[str, Any]]:
              "seconds": meta.get("train_seconds")}]
 
 
+def stages_of_ode_pairs(directory: str | Path) -> list[dict[str, Any]]:
+    """The teacher trajectories in ``directory`` (``diffdistill ode-pairs``) as a stage of the student that regresses on
+    them: no training steps, the generation's wall time (CausVid, arXiv:2412.07772, sec. 3.3: the pairs are part of
+    the causal student's initialisation). Empty for a folder written before the time was recorded."""
+    from ..data.ode_pairs import META
+
+    meta_path = Path(directory) / META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta.get("generation_seconds") is None:
+        return []
+    return [{"run": str(directory), "checkpoint": "ode-pairs", "steps": 0, "seconds": meta["generation_seconds"]}]
+
+
 def total_training(meta: dict[str, Any]) -> tuple[int | None, float | None]:
     """(steps, seconds) of an export's whole lineage: its own run plus every earlier stage.
     Seconds is None when any stage's time is unknown, rather than an undercount."""

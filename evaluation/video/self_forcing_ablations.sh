@@ -6,7 +6,8 @@
 #     too (pairs 1320 s + regression 1110 s, docs/results.md), 4830 s in all;
 #   teacher forcing (CausVid-style: the real clip is the cache's context, `method.rollout=teacher_forcing`), 2400 s;
 #   no gradient truncation (gradients through every denoising step, `method.truncate=false`), 2400 s; its time per
-#     step and peak memory against the baseline's come from the runs' metrics.jsonl (`peak_mem_mb`).
+#     step and peak memory against the baseline's come from the runs' metrics.jsonl (`peak_mem_mb`) and, timed side by
+#     side in one run, evaluation/video/step_time.py.
 # Run alone on the machine (the budgets are wall time); each train command resumes from its checkpoints when rerun.
 # Usage: bash evaluation/video/self_forcing_ablations.sh [train|score|all]   (default: all)
 set -euo pipefail
@@ -33,4 +34,9 @@ if [[ $what == score || $what == all ]]; then
   .venv/bin/python evaluation/video/train_cost.py runs/video-self-forcing-4step-2400s runs/video-sf-no-ode-init \
       runs/video-sf-teacher-forcing runs/video-sf-no-truncation \
       --out evaluation/results/video/self_forcing_ablations/train_cost.md
+  # seconds per step of each variant side by side in this one run (the runs above trained in different sessions,
+  # whose machines need not run at the same speed); 20 steps = 4 cycles of the student's update every 5 steps
+  .venv/bin/python evaluation/video/step_time.py --recipe recipes/video/self_forcing.yaml --steps 20 \
+      --variant "self-forcing=" --variant "teacher-forcing=method.rollout=teacher_forcing" \
+      --variant "no-truncation=method.truncate=false" --out evaluation/results/video/self_forcing_ablations/step_time.json
 fi
