@@ -59,7 +59,7 @@ def time_variant(recipe: str, overrides: list[str], steps: int) -> dict:
     row = {"overrides": overrides, "parameters": count_parameters(model), "batch_size": run.trainer.batch_size,
            "steps_timed": steps, "seconds_per_step": round(statistics.fmean(timed), 3),
            "median_seconds": round(statistics.median(timed), 3)}
-    if run.model.name == "wan":
+    if run.model.name == "wan" and run.model.config.config:          # built from a config (not a pretrained folder)
         frames, size = run.model.config.num_frames, run.model.config.height
         patch = run.model.config.config["patch_size"]
         row["tokens"] = (frames // patch[0]) * (size // patch[1]) * (size // patch[2])
