@@ -1,21 +1,19 @@
 """The leaderboard (evaluation/leaderboard.py): the README's tables are the committed output, and the committed
 output is what the committed raw results give (no hand-typed figures)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "evaluation" / "results" / "leaderboard"
 
 
 def leaderboard():
-    spec = importlib.util.spec_from_file_location("leaderboard", ROOT / "evaluation" / "leaderboard.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evaluation/leaderboard.py")
 
 
 def test_readme_tables_are_the_committed_leaderboard_output():

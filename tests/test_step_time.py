@@ -1,19 +1,17 @@
 """evaluation/video/step_time.py: variants of one recipe timed side by side through the real trainer."""
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def step_time():
-    spec = importlib.util.spec_from_file_location("step_time", ROOT / "evaluation" / "video" / "step_time.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evaluation/video/step_time.py")
 
 
 def test_variants_parse_into_a_name_and_its_overrides():

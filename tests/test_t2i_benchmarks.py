@@ -3,7 +3,6 @@ MJHQ folders, a tiny SD1.5 text export and a 4-d colour-statistics extractor (no
 the documented one, both sides get the same crop + LANCZOS, the reference is cached, and the report's FID / CLIP
 score are the numbers computed independently from the saved images."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from diffdistill.inference.side_by_side import DEFAULT_TEACHER  # noqa: E402
 from diffdistill.eval.t2i_benchmarks import (BENCHMARKS, T2IConfig, cached_reference, generate_batches,  # noqa: E402
                                         load_text_model, run_benchmark)
 from diffdistill.data.t2i import center_crop_resize, prepare_generated, read_coco, read_mjhq  # noqa: E402
+from repo_scripts import load_script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 16                                              # eval resolution: the tiny VAE decodes 32 x 32 images
@@ -262,10 +262,7 @@ def test_models_that_cannot_run_the_benchmark_are_refused(data, tmp_path):
 
 # ---------------------------------------------------------------------- command line
 def load_cli():
-    spec = importlib.util.spec_from_file_location("t2i_run", REPO / "evaluation" / "t2i" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evaluation/t2i/run.py")
 
 
 def test_cli_keeps_the_config_defaults_and_reports_bad_data(tmp_path, capsys):

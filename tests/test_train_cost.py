@@ -1,20 +1,18 @@
 """evaluation/video/train_cost.py: a run's steps, wall time, seconds per step and peak memory, from its export and
 log (the self-forcing ablation without gradient truncation is judged on these)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from repo_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_cost():
-    spec = importlib.util.spec_from_file_location("train_cost", ROOT / "evaluation" / "video" / "train_cost.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evaluation/video/train_cost.py")
 
 
 def fake_run(root: Path, name: str, steps: int, seconds: float, peaks: list[float], earlier: float | None = None):
