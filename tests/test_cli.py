@@ -120,6 +120,7 @@ def test_dmd2_recipe_trains_and_its_student_samples_with_its_own_schedule(tmp_pa
     assert json.loads(sample.stdout)["sampler"] == "few_step"
 
 
+@pytest.mark.slow        # three CLI subprocesses, ~27 s: the default tier stays under 5 minutes
 def test_a_run_starts_from_another_runs_checkpoint_with_its_own_settings(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     out = cli("train", "recipes/dmd2/toy_gmm2d.yaml", f"output_dir={first}", "trainer.max_steps=4",
