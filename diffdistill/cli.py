@@ -27,7 +27,7 @@ import torch
 from .config import ConfigError, dump_yaml, load_yaml
 from .inference.spec import SAMPLERS
 from .models.registry import MODEL_KINDS, count_parameters, find_export, load_model, read_export_meta
-from .train.recipe import ResolvedRun, resolve
+from .train.recipe import ResolvedRun, build_networks, resolve
 
 EXIT_BAD_INPUT = 2
 
@@ -252,7 +252,6 @@ def _train_locked(run: ResolvedRun, run_dir: Path, accelerator: Any, write_confi
 
     from .data import open_stream
     from .methods import build_method
-    from .models.registry import build_section
     from .train.checkpoint import latest_checkpoint
     from .train.trainer import NonFiniteLossError, fit
 
@@ -263,8 +262,8 @@ def _train_locked(run: ResolvedRun, run_dir: Path, accelerator: Any, write_confi
     if accelerator.is_main_process and write_now:
         dump_yaml(resolved, run_dir / "config.yaml")
     set_seed(run.trainer.seed)      # the same initial weights on every rank and in every rerun of this recipe
-    model = build_section(run.model)
-    models = {"model": model, **{role: build_section(section, role) for role, section in run.roles.items()}}
+    models = build_networks(run)
+    model = models["model"]
     method = build_method(run.method, models, run.data.config.num_classes)
     data = open_stream(run.data, run.trainer.batch_size, run.trainer.seed, accelerator.process_index,
                        accelerator.num_processes)

@@ -19,7 +19,7 @@ from typing import Any
 from ..config import ConfigError, Section, from_dict, load_yaml, merge, parse_overrides, to_dict
 from ..data import data_config
 from ..methods import method_config, method_roles
-from ..models.registry import model_config
+from ..models.registry import build_section, model_config
 from .trainer import TrainerConfig
 
 # Keys that may change when a run resumes: they do not change the maths of the steps already taken (output_dir: a
@@ -72,6 +72,13 @@ class ResolvedRun:
     @property
     def output_dir(self) -> str:
         return self.run.output_dir
+
+
+def build_networks(run: ResolvedRun) -> dict[str, Any]:
+    """The networks a method is built from: the teacher (``model``) and one per role the recipe gives its own section
+    (``student:``, ``critic:``, ``roles:``), by role name. Training and the step-time benchmark build them alike."""
+    roles = {role: build_section(section, role) for role, section in run.roles.items()}
+    return {"model": build_section(run.model), **roles}
 
 
 def resolve_run(recipe: str | Path | dict[str, Any], overrides: list[str] | None = None) -> ResolvedRun:

@@ -8,9 +8,10 @@ Each variant is the recipe with its overrides (space-separated), built with ever
 through the real trainer (``prepare_training`` + ``train_step``: every phase's forward, backward, AdamW, EMA); one
 warm-up step, then ``--steps`` timed steps. ``seconds_per_step`` is their MEAN, because multi-role methods alternate
 step kinds (self forcing updates the student on one step in ``student_every``): give a multiple of that cycle.
-The default variants are the B2 video-teacher candidates (that committed JSON reports the median of 3 steps, equal to
-the mean for a one-phase method). Run it with nothing else on the CPU: times compare only within one quiet run,
-which is why ablations that trained in different sessions are timed here side by side.
+The default variants are the B2 video-teacher candidates (that committed JSON reports the median of 3 steps, written
+before the mean; a one-phase method's steps are alike, so the two agree closely). Run it with nothing else on the
+CPU: times compare only within one quiet run, which is why ablations that trained in different sessions are timed
+here side by side.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import torch
 
 from diffdistill.data import open_stream
 from diffdistill.methods import build_method
-from diffdistill.models.registry import build_section, count_parameters
-from diffdistill.train.recipe import resolve_run
+from diffdistill.models.registry import count_parameters
+from diffdistill.train.recipe import build_networks, resolve_run
 from diffdistill.train.trainer import make_accelerator, prepare_training, train_step
 
 TEACHER_RECIPE = "recipes/video/teacher.yaml"
@@ -43,8 +44,8 @@ def time_variant(recipe: str, overrides: list[str], steps: int) -> dict:
     """Build the recipe with ``overrides`` and time ``steps`` training steps after one warm-up step."""
     run = resolve_run(recipe, [*overrides, "trainer.cpu=true"])
     torch.manual_seed(0)
-    model = build_section(run.model)
-    models = {"model": model, **{role: build_section(section, role) for role, section in run.roles.items()}}
+    models = build_networks(run)
+    model = models["model"]
     method = build_method(run.method, models, run.data.config.num_classes)
     data = open_stream(run.data, run.trainer.batch_size, 0, 0)
     with tempfile.TemporaryDirectory() as tmp:
