@@ -2,8 +2,8 @@
 # Benchmark B2 for adversarial self-distillation (issue "ASD + first-frame enhancement"): every run from the same
 # ODE-regression initialisation (recipes/video/ode_init.yaml) and for the same CPU time (trainer.max_seconds 2400 in
 # each recipe; run them alone on the machine; the two ablations: ASD's step count, see below), then ONE scoring run
-# of every student at 1, 2 and 4 steps per chunk (a 4-step student without a ladder at fewer steps: the evenly spaced subset of its times), with and without
-# first-frame enhancement (+0: none), beside the teacher:
+# of every student at 1, 2 and 4 steps per chunk (a 4-step student without a ladder at fewer steps: the evenly
+# spaced subset of its times), with and without first-frame enhancement (+0: none), beside the teacher:
 #   self forcing trained for 1, 2 and 4 steps on its own (ASD's "Self Forcing†" baselines; the 4-step one is also
 #   "without ASD" at every step count), ASD (Self Forcing's GAN weights 1e-2, ladder 1-2-3-4), and the ablations of
 #   its open choices: the adversarial weight (1e-1) and the step pairs (ladder 1-2-4).
